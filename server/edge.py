@@ -1,0 +1,103 @@
+"""Renders the Envoy edge config from envoy/envoy.yaml.
+
+The template stays plain YAML so operators can read it; only ports, paths,
+backends and the local-reply table are filled in here."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "envoy" / "envoy.yaml"
+DESCRIPTOR = ROOT / "generated" / "identify.pb"
+MAX_BODY_BYTES = 64 * 1024
+
+# Envoy's own refusals, rendered like the service's errors (AIP-193 shape):
+# HTTP status -> (gRPC code, ErrorInfo reason, message).
+LOCAL_REPLIES: dict[int, tuple[int, str, str]] = {
+    400: (3, "MALFORMED_REQUEST", "the request is malformed: %LOCAL_REPLY_BODY%"),
+    404: (5, "UNKNOWN_PATH", "no such path or method"),
+    405: (5, "UNKNOWN_PATH", "no such path or method"),
+    413: (8, "BODY_TOO_LARGE", f"the request body is over {MAX_BODY_BYTES} bytes"),
+    429: (8, "RATE_LIMITED", "too many requests"),
+    503: (14, "BACKEND_UNAVAILABLE", "the service is unavailable, try again shortly"),
+    504: (4, "BACKEND_TIMEOUT", "the service did not answer in time"),
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Backend:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"backend must be HOST:PORT, got {text!r}")
+        return cls(host.strip("[]"), int(port))
+
+
+def _mappers() -> list[dict[str, object]]:
+    mappers: list[dict[str, object]] = []
+    for status, (code, reason, message) in LOCAL_REPLIES.items():
+        mappers.append(
+            {
+                "filter": {
+                    "status_code_filter": {
+                        "comparison": {
+                            "op": "EQ",
+                            "value": {"default_value": status, "runtime_key": f"identify.lr{status}"},
+                        }
+                    }
+                },
+                "body_format_override": {
+                    "json_format": {
+                        "code": code,
+                        "message": message,
+                        "details": [
+                            {
+                                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                "reason": reason,
+                                "domain": "identify",
+                            }
+                        ],
+                    },
+                    "content_type": "application/json",
+                },
+            }
+        )
+    return mappers
+
+
+def render(
+    *,
+    http_port: int,
+    backends: Sequence[Backend],
+    admin_port: int = 0,
+    listen_address: str = "127.0.0.1",
+    descriptor: pathlib.Path = DESCRIPTOR,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> str:
+    if not backends:
+        raise ValueError("at least one backend is needed")
+    endpoints = [
+        {"endpoint": {"address": {"socket_address": {"address": b.host, "port_value": b.port}}}}
+        for b in backends
+    ]
+    # Any healthy backend keeps the edge healthy; none makes /healthz 503.
+    min_healthy = max(0.1, 100.0 / len(backends) - 0.01)
+    return string.Template(TEMPLATE.read_text()).substitute(
+        admin_port=admin_port,
+        listen_address=listen_address,
+        http_port=http_port,
+        descriptor=str(descriptor.resolve()),
+        max_body_bytes=max_body_bytes,
+        endpoints=json.dumps(endpoints),
+        local_reply_mappers=json.dumps(_mappers()),
+        min_healthy_percent=f"{min_healthy:.2f}",
+    )
