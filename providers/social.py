@@ -94,8 +94,10 @@ async def social_check(
 
     subject     the network's stable user id (Google `sub`, Facebook app-scoped
                 id, X user id); the user and its externalId hang on it.
-    attributes  what the network told us, keys from ATTRIBUTE_KEYS; None
-                values are dropped. They replace the stored ones, since the
+    attributes  what the network told us, keys from ATTRIBUTE_KEYS; values
+                that are not non-empty strings (None, "", wrong types from
+                a sloppy upstream) are dropped, so raw upstream values can be
+                passed as they come. They replace the stored ones, since the
                 network is the source of truth (a withdrawn email permission
                 must not leave a stale email behind).
     username    the network's handle, if it has one (X `username`).
@@ -108,7 +110,8 @@ async def social_check(
     string, as documented), nickname, email, devices, userId, externalId and
     loginHistory.
     """
-    attrs: JSON = {k: v for k, v in attributes.items() if v is not None}
+    attrs: JSON = {k: v for k, v in attributes.items() if _text(v)}
+    username = username if _text(username) else None
     user, created = await ctx.accounts.ensure_user(subject, attributes=attrs, username=username)
     if issued_at is not None and issued_at < user.valid_after:
         raise Unauthenticated(
@@ -140,3 +143,7 @@ def profile_data(view: ProfileView) -> JSON:
         "externalId": user.external_id,
         "loginHistory": list(view.login_history),
     }
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
