@@ -6,7 +6,10 @@ A social provider only writes how it verifies a token upstream; then it calls
 
     token = social_token(req, provider=self.name)
     ... verify upstream, get the network's stable user id ...
+    check_user_id(req, upstream_id, provider=self.name)
     return await social_check(self.ctx, req, subject=..., attributes=..., username=...)
+
+(or builds a SocialIdentity `who` and calls social_check(self.ctx, req, **who.as_kwargs())).
 
 Users are keyed on the network's stable id (`subject`), never on email: an
 email can change hands or be shared across networks, the id cannot.
@@ -15,6 +18,7 @@ email can change hands or be shared across networks, the id cannot.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from providers.base import (
@@ -35,6 +39,25 @@ MAX_TOKEN_LEN = 4096
 # Attribute keys a provider may pass to `social_check`. Values must be what
 # the network vouches for (e.g. `email` only when the network verified it).
 ATTRIBUTE_KEYS = ("name", "email", "username", "picture")
+
+
+@dataclass(frozen=True)
+class SocialIdentity:
+    """Who a verified social token belongs to; the arguments of social_check,
+    so a provider's verification step can be tested without a store."""
+
+    subject: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    username: str | None = None
+    issued_at: int | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "attributes": self.attributes,
+            "username": self.username,
+            "issued_at": self.issued_at,
+        }
 
 
 def social_token(req: Request, *, provider: str) -> str:
@@ -63,7 +86,12 @@ def social_token(req: Request, *, provider: str) -> str:
 def check_user_id(req: Request, upstream_id: str, *, provider: str) -> None:
     """When the app sent `userId`, it must name the token's owner: the app
     asserts who it thinks signed in, and a token of someone else is refused."""
-    if req.user_id and req.user_id != upstream_id:
+    ensure_same_user(req.user_id, upstream_id, provider=provider)
+
+
+def ensure_same_user(expected: str | None, upstream_id: str, *, provider: str) -> None:
+    """check_user_id for callers that hold the expected id, not the Request."""
+    if expected and expected != upstream_id:
         raise Unauthenticated(
             "USER_ID_MISMATCH",
             "the token does not belong to the given userId",
