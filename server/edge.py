@@ -19,7 +19,13 @@ MAX_BODY_BYTES = 64 * 1024
 # Envoy's own refusals, rendered like the service's errors (AIP-193 shape):
 # HTTP status -> (gRPC code, ErrorInfo reason, message).
 LOCAL_REPLIES: dict[int, tuple[int, str, str]] = {
-    400: (3, "MALFORMED_REQUEST", "the request is malformed: %LOCAL_REPLY_BODY%"),
+    # Fixed text on purpose: the transcoder's own message quotes the body,
+    # which may hold a password.
+    400: (
+        3,
+        "MALFORMED_REQUEST",
+        "the request is malformed: invalid JSON, an unknown field or an unknown query parameter",
+    ),
     404: (5, "UNKNOWN_PATH", "no such path or method"),
     405: (5, "UNKNOWN_PATH", "no such path or method"),
     413: (8, "BODY_TOO_LARGE", f"the request body is over {MAX_BODY_BYTES} bytes"),
@@ -42,19 +48,32 @@ class Backend:
         return cls(host.strip("[]"), int(port))
 
 
+def _status_filter(status: int) -> dict[str, object]:
+    return {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": status, "runtime_key": f"identify.lr{status}"},
+            }
+        }
+    }
+
+
 def _mappers() -> list[dict[str, object]]:
-    mappers: list[dict[str, object]] = []
+    # The only local 200 is /healthz, answered by the health_check filter.
+    mappers: list[dict[str, object]] = [
+        {
+            "filter": _status_filter(200),
+            "body_format_override": {
+                "json_format": {"status": "SERVING"},
+                "content_type": "application/json",
+            },
+        }
+    ]
     for status, (code, reason, message) in LOCAL_REPLIES.items():
         mappers.append(
             {
-                "filter": {
-                    "status_code_filter": {
-                        "comparison": {
-                            "op": "EQ",
-                            "value": {"default_value": status, "runtime_key": f"identify.lr{status}"},
-                        }
-                    }
-                },
+                "filter": _status_filter(status),
                 "body_format_override": {
                     "json_format": {
                         "code": code,

@@ -1,0 +1,92 @@
+"""noLogin (strategy `simplified`): no credential at all. The server mints a
+user and hands back its externalId, which is then the handle for reading and
+replacing the user's appProfile. Replies are flat, as documented."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+from providers.base import (
+    JSON,
+    InvalidArgument,
+    NotFound,
+    Provider,
+    Reply,
+    Request,
+    User,
+)
+
+APP_PROFILE_LIMIT = 16 * 1024
+_EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_app_profile(value: object) -> JSON:
+    if not isinstance(value, dict):
+        raise InvalidArgument(
+            "APP_PROFILE_NOT_OBJECT", "appProfile must be a JSON object", metadata={"field": "appProfile"}
+        )
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > APP_PROFILE_LIMIT:
+        raise InvalidArgument(
+            "APP_PROFILE_TOO_LARGE",
+            f"appProfile is {size} bytes; the limit is {APP_PROFILE_LIMIT}",
+            metadata={"field": "appProfile", "limit": str(APP_PROFILE_LIMIT)},
+        )
+    return value
+
+
+class NoLoginProvider(Provider):
+    name = "noLogin"
+    strategies = ("simplified",)
+
+    async def _user(self, req: Request) -> User:
+        external_id = req.external_id or req.data.get("externalId")
+        if not external_id:
+            raise InvalidArgument(
+                "MISSING_EXTERNAL_ID", "externalId is required", metadata={"field": "externalId"}
+            )
+        if not isinstance(external_id, str) or not _EXTERNAL_ID.match(external_id):
+            raise InvalidArgument(
+                "INVALID_EXTERNAL_ID",
+                "externalId must be 64 lowercase hex characters",
+                metadata={"field": "externalId"},
+            )
+        user = await self.ctx.accounts.find_by_external_id(external_id)
+        if user is None:
+            raise NotFound("USER_NOT_FOUND", "no user with this externalId in this project")
+        return user
+
+    async def create_user(self, req: Request) -> Reply:
+        app_profile = None
+        if "appProfile" in req.data:
+            app_profile = check_app_profile(req.data["appProfile"])
+        # The subject is random: a noLogin user has no identity elsewhere.
+        user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()))
+        if app_profile is not None:
+            user = await self.ctx.accounts.update_user(user, app_profile=app_profile)
+        return Reply(
+            message="ok", flat=True, external_id=user.external_id, app_profile=user.app_profile
+        )
+
+    async def get_user(self, req: Request) -> Reply:
+        user = await self._user(req)
+        return Reply(
+            message="ok", flat=True, external_id=user.external_id, app_profile=user.app_profile
+        )
+
+    async def update_user(self, req: Request) -> Reply:
+        if "appProfile" not in req.data:
+            raise InvalidArgument(
+                "MISSING_FIELD", "data.appProfile is required", metadata={"field": "appProfile"}
+            )
+        app_profile = check_app_profile(req.data["appProfile"])
+        user = await self._user(req)
+        user = await self.ctx.accounts.update_user(user, app_profile=app_profile)
+        return Reply(
+            message="Profile updated",
+            flat=True,
+            external_id=user.external_id,
+            app_profile=user.app_profile,
+        )

@@ -1,0 +1,166 @@
+"""The store as a provider sees it: users and devices of one project and one
+provider (the `Accounts` protocol of providers/base.py)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from providers.base import JSON, Device, ProfileView, Session, UpstreamTokens, User
+from server import tokens
+from server.clock import now
+from server.store import repo
+
+
+class ScopedAccounts:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        project_id: str,
+        provider: str,
+        secret: str,
+        signer: tokens.TokenSigner,
+    ) -> None:
+        self._engine = engine
+        self._project_id = project_id
+        self._provider = provider
+        self._secret = secret
+        self._signer = signer
+
+    def external_id(self, subject: str) -> str:
+        return tokens.external_id(self._secret, self._provider, subject)
+
+    async def ensure_user(
+        self, subject: str, *, attributes: JSON | None = None, username: str | None = None
+    ) -> tuple[User, bool]:
+        existing = await self.find_user(subject)
+        if existing is not None:
+            return existing, False
+        return await repo.ensure_user(
+            self._engine,
+            project_id=self._project_id,
+            provider=self._provider,
+            subject=subject,
+            external_id=self.external_id(subject),
+            attributes=attributes or {},
+            username=username,
+            now=now(),
+        )
+
+    async def find_user(self, subject: str) -> User | None:
+        return await repo.find_user(
+            self._engine, self._project_id, "subject", subject, provider=self._provider
+        )
+
+    async def find_by_external_id(self, external_id: str) -> User | None:
+        return await repo.find_user(
+            self._engine, self._project_id, "external_id", external_id, provider=self._provider
+        )
+
+    async def find_by_user_id(self, user_id: str) -> User | None:
+        return await repo.find_user(
+            self._engine, self._project_id, "user_id", user_id, provider=self._provider
+        )
+
+    async def record_login(self, user: User, device_id: str) -> Device:
+        self._own(user)
+        at = now()
+        return await repo.record_login(
+            self._engine,
+            project_id=self._project_id,
+            user_id=user.user_id,
+            device_id=device_id,
+            now=at,
+            signature=tokens.signature(self._secret, user.user_id, device_id, at),
+        )
+
+    async def sign_in(
+        self, user: User, *, device_id: str | None, upstream: UpstreamTokens | None = None
+    ) -> Session:
+        device = await self.record_login(user, device_id or str(uuid.uuid4()))
+        return Session(
+            device_id=device.device_id,
+            time_stamp=device.time_stamp,
+            signature=device.signature,
+            external_id=user.external_id,
+            user_id=user.user_id,
+            sign_up=device.sign_up,
+            profile_token=self.mint_profile_token(user, device_id=device.device_id),
+            access_token=upstream.access_token if upstream else None,
+            refresh_token=upstream.refresh_token if upstream else None,
+        )
+
+    def mint_profile_token(self, user: User, *, device_id: str | None = None) -> str:
+        claims: dict[str, Any] = {"provider": self._provider, "externalId": user.external_id}
+        if device_id:
+            claims["deviceId"] = device_id
+        return self._signer.mint(
+            audience=self._project_id, subject=user.user_id, claims=claims, now=now()
+        )
+
+    async def profile(self, user: User) -> ProfileView:
+        self._own(user)
+        found, history = await repo.profile_rows(self._engine, self._project_id, user.user_id)
+        return ProfileView(user=user, devices=found, login_history=history)
+
+    async def update_user(
+        self,
+        user: User,
+        *,
+        attributes: JSON | None = None,
+        merge_attributes: bool = True,
+        app_profile: JSON | None = None,
+        username: str | None = None,
+    ) -> User:
+        self._own(user)
+        at = now()
+        updated: User | None = user
+        values: dict[str, Any] = {}
+        if app_profile is not None:
+            values["app_profile"] = app_profile
+        if username is not None:
+            values["username"] = username
+        if attributes is not None and not merge_attributes:
+            values["attributes"] = attributes
+        if values:
+            updated = await repo.update_user(
+                self._engine, self._project_id, user.user_id, values=values, now=at
+            )
+        if attributes is not None and merge_attributes:
+            updated = await repo.merge_attributes(
+                self._engine, self._project_id, user.user_id, attributes, at
+            )
+        if updated is None:
+            raise LookupError("user vanished during update")
+        return updated
+
+    async def revoke_sessions(self, user: User, *, before: int) -> User:
+        self._own(user)
+        updated = await repo.update_user(
+            self._engine,
+            self._project_id,
+            user.user_id,
+            values={"valid_after": max(before, user.valid_after)},
+            now=now(),
+        )
+        if updated is None:
+            raise LookupError("user vanished during revocation")
+        return updated
+
+    async def revoke_token(self, token: str, *, expires_at: int) -> None:
+        await repo.revoke_token(
+            self._engine, self._project_id, tokens.token_hash(token), expires_at
+        )
+
+    async def is_token_revoked(self, token: str) -> bool:
+        return await repo.is_token_revoked(
+            self._engine, self._project_id, tokens.token_hash(token)
+        )
+
+    def _own(self, user: User) -> None:
+        # A provider bug must not be able to write into another tenant.
+        if user.project_id != self._project_id:
+            raise PermissionError("user belongs to another project")

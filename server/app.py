@@ -1,0 +1,130 @@
+"""The grpc.aio server: servicer, health, reflection, interceptors, and a
+shutdown that drains in-flight calls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from identify.v1 import identify_pb2, identify_pb2_grpc
+from providers.registry import Registry
+from server.accounts import ScopedAccounts
+from server.context import Context
+from server.interceptors import AccessLogInterceptor
+from server.keys import KeyStore
+from server.projects import LoadedProject, ProjectCache
+from server.servicer import IdentifyServicer
+from server.store import db
+
+log = logging.getLogger(__name__)
+SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
+
+
+@dataclass
+class Settings:
+    db_url: str
+    host: str = "127.0.0.1"
+    port: int = 50051
+    issuer: str = "identify"
+    project_cache_ttl: float = 5.0
+    # How long SIGTERM waits for in-flight calls before cutting them.
+    grace: float = 10.0
+    # Time for Envoy's health checks to see NOT_SERVING before we stop.
+    drain_delay: float = 1.0
+    auto_migrate: bool = False
+
+
+class Service:
+    """Everything one server process owns, built and closed together."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.registry = Registry.discover()
+        self.keys = KeyStore(engine, issuer=settings.issuer)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+        )
+        self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="blocking")
+        self.projects = ProjectCache(
+            engine, self.registry, self._context_for, ttl=settings.project_cache_ttl
+        )
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+
+    def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
+        accounts = ScopedAccounts(
+            self.engine,
+            project_id=loaded.project.id,
+            provider=provider,
+            secret=loaded.secret,
+            signer=self.keys.current(),
+        )
+        return Context(accounts, self.http, self.executor)
+
+    async def start(self) -> int:
+        await db.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
+        await self.keys.signer()
+        server = grpc.aio.server(
+            interceptors=[AccessLogInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", 1 << 20),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        identify_pb2_grpc.add_IdentifyServicer_to_server(
+            IdentifyServicer(self.registry, self.projects, self.keys), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+        await server.start()
+        self.server = server
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            # Tell the edge first, so new calls go elsewhere while these drain.
+            await self.health.enter_graceful_shutdown()
+            await asyncio.sleep(self.settings.drain_delay)
+            await self.server.stop(self.settings.grace)
+        await self.projects.aclose()
+        await self.http.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.engine.dispose()
+
+
+async def serve(service: Service, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = await service.start()
+    log.info("gRPC server listening on %s:%d", service.settings.host, port)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("draining in-flight calls")
+    await service.stop()
+    log.info("stopped")

@@ -1,0 +1,30 @@
+"""What runs once before serving: schema, projects from the config file, and
+a signing key. Idempotent, so every start (and every worker) may run it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server import tokens
+from server.clock import now
+from server.config import ProjectConfig
+from server.keys import ensure_signing_key
+from server.store import db, repo
+
+
+async def bootstrap(
+    engine: AsyncEngine, projects: Sequence[ProjectConfig], *, auto_migrate: bool
+) -> None:
+    await db.ensure_schema(engine, auto_migrate=auto_migrate)
+    for project in projects:
+        await repo.upsert_project(
+            engine,
+            project_id=project.id,
+            name=project.name,
+            providers_settings=project.providers,
+            secret=tokens.new_project_secret(),
+            now=now(),
+        )
+    await ensure_signing_key(engine)

@@ -1,0 +1,239 @@
+"""The `identify` command: up, serve, envoy-config, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import sys
+import uuid
+from collections.abc import Sequence
+
+from providers.registry import Registry
+from server import config as config_mod
+from server import edge
+from server.app import Service, Settings, serve
+from server.bootstrap import bootstrap
+from server.store import db
+
+log = logging.getLogger("identify")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
+        stream=sys.stderr,
+    )
+    # These log full URLs (query strings carry tokens) and request details.
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    url: str = args.db or os.environ.get("IDENTIFY_DB") or db.DEFAULT_URL
+    db.DatabaseUrl.parse(url)
+    return url
+
+
+def _config_path(args: argparse.Namespace) -> pathlib.Path | None:
+    value = args.config or os.environ.get("IDENTIFY_CONFIG")
+    return pathlib.Path(value) if value else None
+
+
+def _load_projects(path: pathlib.Path | None) -> list[config_mod.ProjectConfig]:
+    if path is None:
+        return []
+    return config_mod.load(path, Registry.discover())
+
+
+async def _bootstrap(url: str, projects: list[config_mod.ProjectConfig], migrate: bool) -> None:
+    engine = db.create_engine(url, pool_size=2)
+    try:
+        await bootstrap(engine, projects, auto_migrate=migrate)
+    finally:
+        await engine.dispose()
+
+
+def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
+    return Settings(
+        db_url=url,
+        host=args.host,
+        port=port,
+        issuer=os.environ.get("IDENTIFY_ISSUER", "identify"),
+        project_cache_ttl=float(os.environ.get("IDENTIFY_PROJECT_CACHE_TTL", "5")),
+        grace=float(os.environ.get("IDENTIFY_SHUTDOWN_GRACE", "10")),
+        drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "1")),
+        auto_migrate=getattr(args, "migrate", False),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    url = _db_url(args)
+    projects = _load_projects(_config_path(args))
+
+    async def main() -> None:
+        if not args.no_bootstrap:
+            await _bootstrap(url, projects, args.migrate)
+        service = Service(_settings(args, url, args.grpc_port), db.create_engine(url))
+        await serve(service)
+
+    asyncio.run(main())
+    return 0
+
+
+def _banner(
+    args: argparse.Namespace,
+    url: str,
+    ports: Sequence[int],
+    projects: Sequence[config_mod.ProjectConfig],
+) -> str:
+    base = f"http://127.0.0.1:{args.http_port}"
+    lines = [
+        "",
+        "Identify is up.",
+        f"  REST edge    {base}   (GET /healthz, GET /.well-known/jwks.json)",
+        f"  gRPC         127.0.0.1:{args.http_port} through the edge; "
+        + ", ".join(f"{args.host}:{p}" for p in ports)
+        + " direct",
+        f"  database     {db.DatabaseUrl.parse(url).redacted()}",
+    ]
+    for project in projects:
+        lines.append(
+            f"  project      {project.name}  {project.id}  providers: {', '.join(project.providers)}"
+        )
+    anonymous = next((p for p in projects if "anonymous" in p.providers), None)
+    if anonymous is not None:
+        body = json.dumps(
+            {
+                "projectId": anonymous.id,
+                "strategy": "simplified",
+                "provider": "anonymous",
+                "data": {"deviceId": str(uuid.uuid4())},
+            }
+        )
+        lines += [
+            "",
+            "Sign a device in:",
+            f"  curl -s -X PUT {base}/v1/user/login -H 'content-type: application/json' -d '{body}'",
+        ]
+    lines.append("Ctrl-C stops.")
+    return "\n".join(lines)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from server.supervisor import Supervisor, default_workers, worker_command
+
+    url = _db_url(args)
+    projects = _load_projects(_config_path(args))
+    asyncio.run(_bootstrap(url, projects, args.migrate))
+    workers = args.workers or default_workers()
+    ports = [args.grpc_port + i for i in range(workers)]
+    supervisor = Supervisor(
+        worker_argv=[worker_command(port=p, db_url=url, host=args.host) for p in ports],
+        http_port=args.http_port,
+        backends=[edge.Backend(args.host, p) for p in ports],
+        listen_address=args.listen_address,
+    )
+    supervisor.start()
+    if not supervisor.wait_healthy(timeout=args.start_timeout):
+        log.error("the edge did not become healthy in %ss", args.start_timeout)
+        supervisor.shutdown()
+        return 1
+    print(_banner(args, url, ports, projects), flush=True)
+    return supervisor.watch()
+
+
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    if args.backend:
+        backends = [edge.Backend.parse(b) for b in args.backend]
+    else:
+        workers = args.workers or 1
+        backends = [edge.Backend(args.host, args.grpc_port + i) for i in range(workers)]
+    sys.stdout.write(
+        edge.render(
+            http_port=args.http_port,
+            backends=backends,
+            listen_address=args.listen_address,
+            descriptor=pathlib.Path(args.descriptor) if args.descriptor else edge.DESCRIPTOR,
+        )
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    url = _db_url(args)
+
+    async def main() -> tuple[str | None, str]:
+        engine = db.create_engine(url, pool_size=1)
+        try:
+            return await db.migrate(engine)
+        finally:
+            await engine.dispose()
+
+    before, after = asyncio.run(main())
+    print(f"schema {before or 'empty'} -> {after}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="identify", description="Identify identity service")
+    parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="projects YAML file (env IDENTIFY_CONFIG)")
+        p.add_argument("--db", help=f"database URL (env IDENTIFY_DB, default {db.DEFAULT_URL})")
+        p.add_argument("--grpc-port", type=int, default=50051)
+        p.add_argument("--host", default="127.0.0.1", help="address the gRPC servers bind")
+        p.add_argument(
+            "--migrate", action="store_true", help="apply pending migrations before serving"
+        )
+
+    up = sub.add_parser("up", help="gRPC server(s) and the Envoy edge together")
+    common(up)
+    up.add_argument("--http-port", type=int, default=8080)
+    up.add_argument("--listen-address", default="127.0.0.1", help="address Envoy listens on")
+    up.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
+    up.add_argument("--start-timeout", type=float, default=30.0)
+    up.set_defaults(func=cmd_up)
+
+    srv = sub.add_parser("serve", help="one gRPC server, no edge")
+    common(srv)
+    srv.add_argument("--no-bootstrap", action="store_true", help=argparse.SUPPRESS)
+    srv.set_defaults(func=cmd_serve)
+
+    env = sub.add_parser("envoy-config", help="print the rendered Envoy config")
+    env.add_argument("--http-port", type=int, default=8080)
+    env.add_argument("--grpc-port", type=int, default=50051)
+    env.add_argument("--host", default="127.0.0.1")
+    env.add_argument("--workers", type=int, default=0)
+    env.add_argument("--listen-address", default="127.0.0.1")
+    env.add_argument("--descriptor", help="path of identify.pb (default: the packaged one)")
+    env.add_argument(
+        "--backend", action="append", metavar="HOST:PORT", help="a gRPC backend (repeatable)"
+    )
+    env.set_defaults(func=cmd_envoy_config)
+
+    mig = sub.add_parser("migrate", help="apply database migrations")
+    mig.add_argument("--db", help="database URL (env IDENTIFY_DB)")
+    mig.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        code: int = args.func(args)
+    except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The `ProviderContext` a provider instance receives."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import httpx
+
+from providers.base import User
+from server.accounts import ScopedAccounts
+from server.clock import now
+
+T = TypeVar("T")
+
+
+class Context:
+    def __init__(
+        self, accounts: ScopedAccounts, http: httpx.AsyncClient, executor: ThreadPoolExecutor
+    ) -> None:
+        self.accounts = accounts
+        self.http = http
+        self._executor = executor
+
+    def now(self) -> int:
+        return now()
+
+    async def run_blocking(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def mint_profile_token(self, user: User, *, device_id: str | None = None) -> str:
+        return self.accounts.mint_profile_token(user, device_id=device_id)

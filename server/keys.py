@@ -1,0 +1,54 @@
+"""Our signing keys, read from the database and refreshed now and then, so
+every process publishes keys that any other process may have signed with."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.clock import now
+from server.store import repo
+from server.tokens import SigningKey, TokenSigner
+
+
+async def ensure_signing_key(engine: AsyncEngine) -> None:
+    key = SigningKey.generate()
+    await repo.insert_signing_key_if_none(
+        engine, kid=key.kid, private_pem=key.private_pem(), now=now()
+    )
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine, *, issuer: str, refresh_every: float = 60.0) -> None:
+        self._engine = engine
+        self._issuer = issuer
+        self._refresh_every = refresh_every
+        self._signer: TokenSigner | None = None
+        self._loaded_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def signer(self) -> TokenSigner:
+        if self._signer is not None and time.monotonic() - self._loaded_at < self._refresh_every:
+            return self._signer
+        async with self._lock:
+            if self._signer is None or time.monotonic() - self._loaded_at >= self._refresh_every:
+                await self._load()
+        assert self._signer is not None
+        return self._signer
+
+    def current(self) -> TokenSigner:
+        """The last loaded signer, for synchronous minting on the hot path."""
+        if self._signer is None:
+            raise RuntimeError("signing keys not loaded yet")
+        return self._signer
+
+    async def _load(self) -> None:
+        rows = await repo.load_signing_keys(self._engine)
+        if not rows:
+            await ensure_signing_key(self._engine)
+            rows = await repo.load_signing_keys(self._engine)
+        keys = [SigningKey.from_pem(kid, pem, created, retired) for kid, pem, created, retired in rows]
+        self._signer = TokenSigner(keys, self._issuer)
+        self._loaded_at = time.monotonic()

@@ -1,0 +1,125 @@
+"""Projects as the servicer sees them: settings from the database, cached for
+a bounded time, with one provider instance per (project, provider, settings).
+
+The bound matters when several processes share one database: a settings
+change written by one is seen by every other within `ttl` seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from providers.base import Project, Provider
+from providers.registry import Registry
+from server.config import ConfigError, resolve_env
+from server.store import repo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedProject:
+    project: Project
+    secret: str
+    settings: Mapping[str, Mapping[str, Any]]
+    loaded_at: float
+    instances: dict[str, Provider] = field(default_factory=dict)
+
+
+class ProviderSetupError(Exception):
+    """The stored settings of an enabled provider cannot be used here (for
+    example a ${VAR} this process lacks)."""
+
+
+class ProjectCache:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        registry: Registry,
+        context_factory: Any,
+        *,
+        ttl: float = 5.0,
+        negative_ttl: float = 2.0,
+        max_entries: int = 10_000,
+    ) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._context_factory = context_factory
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max = max_entries
+        self._entries: OrderedDict[str, LoadedProject | float] = OrderedDict()
+        # Provider instances survive reloads while their settings are unchanged,
+        # so their caches (JWKS, clients) are not thrown away every TTL.
+        self._instances: dict[tuple[str, str, str], Provider] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, project_id: str) -> LoadedProject | None:
+        entry = self._entries.get(project_id)
+        clock = time.monotonic()
+        if isinstance(entry, LoadedProject) and clock - entry.loaded_at < self._ttl:
+            return entry
+        if isinstance(entry, float) and clock - entry < self._negative_ttl:
+            return None
+        lock = self._locks.setdefault(project_id, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(project_id)
+            clock = time.monotonic()
+            if isinstance(entry, LoadedProject) and clock - entry.loaded_at < self._ttl:
+                return entry
+            row = await repo.get_project(self._engine, project_id)
+            loaded: LoadedProject | float
+            loaded = (
+                clock
+                if row is None
+                else LoadedProject(
+                    Project(row.project_id, row.name), row.secret, row.providers, clock
+                )
+            )
+            self._entries[project_id] = loaded
+            self._entries.move_to_end(project_id)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+            self._locks.pop(project_id, None)
+            return loaded if isinstance(loaded, LoadedProject) else None
+
+    def provider(self, loaded: LoadedProject, name: str) -> Provider:
+        cls = self._registry.get(name)
+        if cls is None:
+            raise LookupError(name)
+        raw = loaded.settings[name]
+        digest = hashlib.sha256(
+            json.dumps([loaded.secret, raw], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        key = (loaded.project.id, name, digest)
+        instance = self._instances.get(key)
+        if instance is None:
+            try:
+                settings = resolve_env(raw)
+                cls.validate_settings(settings)
+            except (ConfigError, ValueError) as exc:
+                raise ProviderSetupError(str(exc)) from None
+            stale = [k for k in self._instances if k[:2] == key[:2]]
+            for old in stale:
+                asyncio.get_running_loop().create_task(self._instances.pop(old).aclose())
+            ctx = self._context_factory(loaded, name)
+            instance = cls(settings, ctx)
+            self._instances[key] = instance
+        return instance
+
+    async def aclose(self) -> None:
+        for instance in self._instances.values():
+            try:
+                await instance.aclose()
+            except Exception:  # closing must not stop shutdown
+                log.exception("closing a provider failed")
+        self._instances.clear()

@@ -1,0 +1,168 @@
+"""Starts the real thing for tests: `identify up` (gRPC server processes and
+the real Envoy) on free ports, against a real database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(count: int) -> int:
+    """A first port such that `count` consecutive ports are free."""
+    for _ in range(200):
+        base = random.randint(20000, 60000 - count)
+        if all(_port_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+@dataclass
+class Stack:
+    http: str
+    grpc_target: str
+    grpc_targets: list[str]
+    edge_grpc_target: str
+    db_url: str
+    config_path: pathlib.Path
+    log_path: pathlib.Path
+    proc: subprocess.Popen[bytes]
+    _log: Any = field(repr=False, default=None)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.http, timeout=10, **kwargs)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return int(self.proc.returncode)
+
+
+def start_stack(
+    tmp_dir: pathlib.Path,
+    config: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    workers: int = 1,
+    db_url: str | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 40,
+) -> Stack:
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    config_path = tmp_dir / "identify.yaml"
+    config_path.write_text(yaml.safe_dump(dict(config)))
+    db_url = db_url or f"sqlite:///{tmp_dir / 'identify.db'}"
+    http_port = free_port()
+    grpc_base = free_port_block(workers)
+    log_path = tmp_dir / f"stack-{http_port}.log"
+    log = log_path.open("wb")
+    proc_env = {
+        **os.environ,
+        # Fast shutdown in tests; production defaults are longer.
+        "IDENTIFY_DRAIN_DELAY": "0.2",
+        "IDENTIFY_SHUTDOWN_GRACE": "5",
+        "IDENTIFY_PROJECT_CACHE_TTL": "1",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "up",
+            "--config",
+            str(config_path),
+            "--db",
+            db_url,
+            "--http-port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_base),
+            "--workers",
+            str(workers),
+            *extra_args,
+        ],
+        cwd=ROOT,
+        env=proc_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack = Stack(
+        http=f"http://127.0.0.1:{http_port}",
+        grpc_target=f"127.0.0.1:{grpc_base}",
+        grpc_targets=[f"127.0.0.1:{grpc_base + i}" for i in range(workers)],
+        edge_grpc_target=f"127.0.0.1:{http_port}",
+        db_url=db_url,
+        config_path=config_path,
+        log_path=log_path,
+        proc=proc,
+        _log=log,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stack.stop()
+            raise RuntimeError(f"identify up exited with {proc.returncode}:\n{stack.log_text()}")
+        # The banner is printed once every server process and Envoy are up.
+        if "Identify is up." in stack.log_text():
+            return stack
+        time.sleep(0.1)
+    stack.stop(signal.SIGKILL)
+    raise RuntimeError(f"identify up did not come up in {timeout}s:\n{stack.log_text()}")
+
+
+@contextlib.contextmanager
+def running_stack(tmp_dir: pathlib.Path, config: Mapping[str, Any], **kwargs: Any) -> Any:
+    stack = start_stack(tmp_dir, config, **kwargs)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def error_reason(body: Mapping[str, Any]) -> str | None:
+    """The ErrorInfo reason of an error reply through the edge."""
+    for detail in body.get("details", []):
+        if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
+            return str(detail.get("reason"))
+    return None
