@@ -25,7 +25,9 @@ _EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
 def check_app_profile(value: object) -> JSON:
     if not isinstance(value, dict):
         raise InvalidArgument(
-            "APP_PROFILE_NOT_OBJECT", "appProfile must be a JSON object", metadata={"field": "appProfile"}
+            "APP_PROFILE_NOT_OBJECT",
+            "appProfile must be a JSON object",
+            metadata={"field": "appProfile"},
         )
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > APP_PROFILE_LIMIT:

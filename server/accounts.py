@@ -156,9 +156,7 @@ class ScopedAccounts:
         )
 
     async def is_token_revoked(self, token: str) -> bool:
-        return await repo.is_token_revoked(
-            self._engine, self._project_id, tokens.token_hash(token)
-        )
+        return await repo.is_token_revoked(self._engine, self._project_id, tokens.token_hash(token))
 
     def _own(self, user: User) -> None:
         # A provider bug must not be able to write into another tenant.

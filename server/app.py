@@ -13,9 +13,9 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from identify.v1 import identify_pb2, identify_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from identify.v1 import identify_pb2, identify_pb2_grpc
 from providers.registry import Registry
 from server.accounts import ScopedAccounts
 from server.context import Context
@@ -90,7 +90,11 @@ class Service:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")

@@ -102,9 +102,8 @@ def _banner(
         f"  database     {db.DatabaseUrl.parse(url).redacted()}",
     ]
     for project in projects:
-        lines.append(
-            f"  project      {project.name}  {project.id}  providers: {', '.join(project.providers)}"
-        )
+        names = ", ".join(project.providers)
+        lines.append(f"  project      {project.name}  {project.id}  providers: {names}")
     anonymous = next((p for p in projects if "anonymous" in p.providers), None)
     if anonymous is not None:
         body = json.dumps(
@@ -118,7 +117,8 @@ def _banner(
         lines += [
             "",
             "Sign a device in:",
-            f"  curl -s -X PUT {base}/v1/user/login -H 'content-type: application/json' -d '{body}'",
+            f"  curl -s -X PUT {base}/v1/user/login"
+            f" -H 'content-type: application/json' -d '{body}'",
         ]
     lines.append("Ctrl-C stops.")
     return "\n".join(lines)

@@ -100,9 +100,7 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
                 missing = registry.unavailable(provider_name)
                 why = missing.why if missing else "unknown provider"
                 known = ", ".join(registry.names())
-                raise ConfigError(
-                    f"{where}.providers.{provider_name}: {why} (available: {known})"
-                )
+                raise ConfigError(f"{where}.providers.{provider_name}: {why} (available: {known})")
             try:
                 cls.validate_settings(resolve_env(settings))
             except ValueError as exc:

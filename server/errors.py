@@ -27,9 +27,7 @@ def status_for(
 ) -> grpc.Status:
     details = []
     info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
-    )
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {}))
     details.append(info)
     if retry_after is not None:
         retry = any_pb2.Any()
@@ -43,7 +41,8 @@ def status_for(
         )
         details.append(retry)
     proto = status_pb2.Status(code=code.value[0], message=message, details=details)
-    return rpc_status.to_status(proto)
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status
 
 
 def from_provider_error(err: ProviderError, request_id: str) -> grpc.Status:
@@ -51,9 +50,7 @@ def from_provider_error(err: ProviderError, request_id: str) -> grpc.Status:
     metadata = {k: str(v) for k, v in err.metadata.items()}
     if request_id:
         metadata["requestId"] = request_id
-    return status_for(
-        code, err.reason, err.message, metadata=metadata, retry_after=err.retry_after
-    )
+    return status_for(code, err.reason, err.message, metadata=metadata, retry_after=err.retry_after)
 
 
 def internal(request_id: str) -> grpc.Status:

@@ -30,9 +30,11 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
@@ -48,7 +50,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 context.set_trailing_metadata((("x-request-id", request_id),))
-                return await inner(request, context)
+                return await inner(request, context)  # type: ignore[arg-type]
             except BaseException:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise

@@ -49,6 +49,8 @@ class KeyStore:
         if not rows:
             await ensure_signing_key(self._engine)
             rows = await repo.load_signing_keys(self._engine)
-        keys = [SigningKey.from_pem(kid, pem, created, retired) for kid, pem, created, retired in rows]
+        keys = [
+            SigningKey.from_pem(kid, pem, created, retired) for kid, pem, created, retired in rows
+        ]
         self._signer = TokenSigner(keys, self._issuer)
         self._loaded_at = time.monotonic()

@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from identify.v1 import identify_pb2 as pb
+from identify.v1 import identify_pb2_grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from identify.v1 import identify_pb2 as pb
-from identify.v1 import identify_pb2_grpc
 from providers.base import (
     InvalidArgument,
     NotFound,
@@ -153,7 +153,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             await context.abort_with_status(
                 errors.from_provider_error(
                     Unavailable(
-                        "STORE_UNAVAILABLE", "storage is unavailable, retry shortly", retry_after=1.0
+                        "STORE_UNAVAILABLE",
+                        "storage is unavailable, retry shortly",
+                        retry_after=1.0,
                     ),
                     request_id,
                 )
@@ -379,7 +381,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 project_id = str(uuid.UUID(request.project_id))
             except ValueError:
                 raise InvalidArgument(
-                    "INVALID_PROJECT_ID", "projectId must be a UUID", metadata={"field": "projectId"}
+                    "INVALID_PROJECT_ID",
+                    "projectId must be a UUID",
+                    metadata={"field": "projectId"},
                 ) from None
             for name, value in (
                 ("userId", request.user_id),

@@ -32,7 +32,9 @@ def signature(secret: str, user_id: str, device_id: str, time_stamp: int) -> str
     return hmac.new(secret.encode(), message, hashlib.sha1).hexdigest().upper()
 
 
-def signature_matches(secret: str, user_id: str, device_id: str, time_stamp: int, given: str) -> bool:
+def signature_matches(
+    secret: str, user_id: str, device_id: str, time_stamp: int, given: str
+) -> bool:
     expected = signature(secret, user_id, device_id, time_stamp)
     return hmac.compare_digest(expected, given.upper())
 
@@ -111,7 +113,10 @@ class TokenSigner:
             **claims,
         }
         return jwt.encode(
-            payload, self._active.private_key, algorithm=ALGORITHM, headers={"kid": self._active.kid}
+            payload,
+            self._active.private_key,
+            algorithm=ALGORITHM,
+            headers={"kid": self._active.kid},
         )
 
     def jwks(self, now: int) -> list[dict[str, str]]:

@@ -24,8 +24,10 @@ def _backends() -> list[str]:
 
 
 def _asyncpg(url: str) -> str:
-    return sa.engine.make_url(url).set(drivername="postgresql+asyncpg").render_as_string(
-        hide_password=False
+    return (
+        sa.engine.make_url(url)
+        .set(drivername="postgresql+asyncpg")
+        .render_as_string(hide_password=False)
     )
 
 
@@ -47,7 +49,9 @@ def postgres_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session", params=_backends())
-def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if request.param == "sqlite":
         path: pathlib.Path = tmp_path_factory.mktemp("sqlite") / "identify.db"
         yield f"sqlite:///{path}"

@@ -50,7 +50,9 @@ def count_rows(db_url: str, table: str) -> int:
         engine = create_async_engine(DatabaseUrl.parse(db_url).driver_url)
         try:
             async with engine.connect() as conn:
-                return int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
+                return int(
+                    (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
+                )
         finally:
             await engine.dispose()
 
@@ -80,7 +82,13 @@ def test_anonymous_login_returns_documented_session(http: httpx.Client, prefix: 
     assert body["result"] == 1 and body["message"] == "OK"
     data = body["data"]
     assert set(data) == {
-        "deviceId", "timeStamp", "signature", "externalId", "userId", "signUp", "profileToken",
+        "deviceId",
+        "timeStamp",
+        "signature",
+        "externalId",
+        "userId",
+        "signUp",
+        "profileToken",
     }
     assert data["deviceId"] == device
     assert isinstance(data["timeStamp"], int) and isinstance(data["signUp"], int)
@@ -107,7 +115,9 @@ def test_other_devices_and_projects_get_other_users(http: httpx.Client) -> None:
     device = str(uuid.uuid4())
     here = http.put("/user/login", json=anon_body(device)).json()["data"]
     other_device = http.put("/user/login", json=anon_body(str(uuid.uuid4()))).json()["data"]
-    other_project = http.put("/user/login", json=anon_body(device, project=ONLY_ANON)).json()["data"]
+    other_project = http.put("/user/login", json=anon_body(device, project=ONLY_ANON)).json()[
+        "data"
+    ]
     assert len({here["userId"], other_device["userId"], other_project["userId"]}) == 3
     assert here["externalId"] != other_project["externalId"]
 
@@ -171,14 +181,21 @@ def test_nologin_lifecycle_flat_shapes(http: httpx.Client, prefix: str) -> None:
     assert HEX64.match(external_id)
 
     profile = {"data": "customUserObjectGoesHere", "level": 3, "tags": ["a", "b"]}
-    put = http.put(f"{prefix}/user", json=nologin(externalId=external_id, data={"appProfile": profile}))
+    put = http.put(
+        f"{prefix}/user", json=nologin(externalId=external_id, data={"appProfile": profile})
+    )
     assert put.status_code == 200, put.text
     assert put.json()["appProfile"] == profile
     assert put.json()["externalId"] == external_id
 
     got = http.get(
         f"{prefix}/user",
-        params={"projectId": PROJECT, "strategy": "simplified", "provider": "noLogin", "externalId": external_id},
+        params={
+            "projectId": PROJECT,
+            "strategy": "simplified",
+            "provider": "noLogin",
+            "externalId": external_id,
+        },
     )
     assert got.status_code == 200
     assert got.json() == {
@@ -193,7 +210,8 @@ def test_nologin_lifecycle_flat_shapes(http: httpx.Client, prefix: str) -> None:
     # PUT replaces the profile; it does not merge.
     http.put(f"{prefix}/user", json=nologin(externalId=external_id, data={"appProfile": {"x": 1}}))
     again = http.get(
-        f"{prefix}/user", params={"projectId": PROJECT, "provider": "noLogin", "externalId": external_id}
+        f"{prefix}/user",
+        params={"projectId": PROJECT, "provider": "noLogin", "externalId": external_id},
     )
     assert again.json()["appProfile"] == {"x": 1}
 
@@ -209,24 +227,33 @@ def test_nologin_unknown_external_id_is_404(http: httpx.Client) -> None:
 def test_nologin_external_id_of_other_project_is_404(http: httpx.Client, stack: Stack) -> None:
     external_id = http.post("/user", json=nologin()).json()["externalId"]
     other = str(uuid.uuid4())
-    reply = http.get("/user", params={"projectId": other, "provider": "noLogin", "externalId": external_id})
+    reply = http.get(
+        "/user", params={"projectId": other, "provider": "noLogin", "externalId": external_id}
+    )
     assert reply.status_code == 404
     assert error_reason(reply.json()) == "PROJECT_NOT_FOUND"
 
 
 @pytest.mark.parametrize(
     ("app_profile", "reason"),
-    [({"blob": "x" * (17 * 1024)}, "APP_PROFILE_TOO_LARGE"), (["not", "object"], "APP_PROFILE_NOT_OBJECT")],
+    [
+        ({"blob": "x" * (17 * 1024)}, "APP_PROFILE_TOO_LARGE"),
+        (["not", "object"], "APP_PROFILE_NOT_OBJECT"),
+    ],
 )
 def test_nologin_bad_app_profile_is_400_and_keeps_old(
     http: httpx.Client, app_profile: Any, reason: str
 ) -> None:
     external_id = http.post("/user", json=nologin()).json()["externalId"]
     http.put("/user", json=nologin(externalId=external_id, data={"appProfile": {"keep": True}}))
-    reply = http.put("/user", json=nologin(externalId=external_id, data={"appProfile": app_profile}))
+    reply = http.put(
+        "/user", json=nologin(externalId=external_id, data={"appProfile": app_profile})
+    )
     assert reply.status_code == 400
     assert error_reason(reply.json()) == reason
-    got = http.get("/user", params={"projectId": PROJECT, "provider": "noLogin", "externalId": external_id})
+    got = http.get(
+        "/user", params={"projectId": PROJECT, "provider": "noLogin", "externalId": external_id}
+    )
     assert got.json()["appProfile"] == {"keep": True}
 
 
@@ -234,18 +261,72 @@ def test_nologin_bad_app_profile_is_400_and_keeps_old(
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "reason"),
     [
-        ("PUT", "/v1/user/login", {"json": anon_body(str(uuid.uuid4()), project="nope")}, 400, "INVALID_PROJECT_ID"),
-        ("PUT", "/user/login", {"json": anon_body(str(uuid.uuid4()), project=str(uuid.uuid4()))}, 404, "PROJECT_NOT_FOUND"),
-        ("PUT", "/v1/user/login", {"json": {**anon_body(str(uuid.uuid4())), "provider": "myspace"}}, 400, "UNKNOWN_PROVIDER"),
+        (
+            "PUT",
+            "/v1/user/login",
+            {"json": anon_body(str(uuid.uuid4()), project="nope")},
+            400,
+            "INVALID_PROJECT_ID",
+        ),
+        (
+            "PUT",
+            "/user/login",
+            {"json": anon_body(str(uuid.uuid4()), project=str(uuid.uuid4()))},
+            404,
+            "PROJECT_NOT_FOUND",
+        ),
+        (
+            "PUT",
+            "/v1/user/login",
+            {"json": {**anon_body(str(uuid.uuid4())), "provider": "myspace"}},
+            400,
+            "UNKNOWN_PROVIDER",
+        ),
         ("POST", "/v1/user", {"json": nologin(project=ONLY_ANON)}, 400, "PROVIDER_NOT_ENABLED"),
-        ("PUT", "/v1/user/login", {"json": {**anon_body(str(uuid.uuid4())), "strategy": "email"}}, 400, "STRATEGY_MISMATCH"),
-        ("GET", "/v1/user", {"params": {"projectId": PROJECT, "provider": "noLogin", "externalId": "zz"}}, 400, "INVALID_EXTERNAL_ID"),
-        ("PUT", "/v1/user/login", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "MALFORMED_REQUEST"),
-        ("GET", "/v1/user", {"params": {"projectId": PROJECT, "provider": "noLogin", "bogus": "1"}}, 400, "MALFORMED_REQUEST"),
+        (
+            "PUT",
+            "/v1/user/login",
+            {"json": {**anon_body(str(uuid.uuid4())), "strategy": "email"}},
+            400,
+            "STRATEGY_MISMATCH",
+        ),
+        (
+            "GET",
+            "/v1/user",
+            {"params": {"projectId": PROJECT, "provider": "noLogin", "externalId": "zz"}},
+            400,
+            "INVALID_EXTERNAL_ID",
+        ),
+        (
+            "PUT",
+            "/v1/user/login",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "GET",
+            "/v1/user",
+            {"params": {"projectId": PROJECT, "provider": "noLogin", "bogus": "1"}},
+            400,
+            "MALFORMED_REQUEST",
+        ),
         ("GET", "/v1/nowhere", {}, 404, "UNKNOWN_PATH"),
         ("DELETE", "/user", {}, 404, "UNKNOWN_PATH"),
-        ("POST", "/user", {"json": nologin(data={"pad": "x" * (65 * 1024)})}, 413, "BODY_TOO_LARGE"),
-        ("POST", "/v1/user/logout", {"json": anon_body(str(uuid.uuid4()))}, 501, "OPERATION_NOT_SUPPORTED"),
+        (
+            "POST",
+            "/user",
+            {"json": nologin(data={"pad": "x" * (65 * 1024)})},
+            413,
+            "BODY_TOO_LARGE",
+        ),
+        (
+            "POST",
+            "/v1/user/logout",
+            {"json": anon_body(str(uuid.uuid4()))},
+            501,
+            "OPERATION_NOT_SUPPORTED",
+        ),
     ],
 )
 def test_errors_through_the_edge(

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-
-from alembic import command
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///var/identify.db"
@@ -37,7 +36,9 @@ class DatabaseUrl:
     def parse(cls, url: str) -> DatabaseUrl:
         scheme, sep, rest = url.partition("://")
         if not sep:
-            raise ValueError(f"database URL must look like sqlite:///path or postgresql://..., got {url!r}")
+            raise ValueError(
+                f"database URL must look like sqlite:///path or postgresql://..., got {url!r}"
+            )
         if scheme in ("sqlite", "sqlite+aiosqlite"):
             return cls(url, f"sqlite+aiosqlite://{rest}", "sqlite")
         if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):

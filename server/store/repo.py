@@ -93,9 +93,9 @@ async def insert_signing_key_if_none(
     async with engine.begin() as conn:
         active = (
             await conn.execute(
-                sa.select(sa.func.count()).select_from(signing_keys).where(
-                    signing_keys.c.retired_at.is_(None)
-                )
+                sa.select(sa.func.count())
+                .select_from(signing_keys)
+                .where(signing_keys.c.retired_at.is_(None))
             )
         ).scalar_one()
         if active:
@@ -290,13 +290,17 @@ async def profile_rows(
             )
         ).all()
         history = (
-            await conn.execute(
-                sa.select(logins.c.at)
-                .where(logins.c.project_id == project_id, logins.c.user_id == user_id)
-                .order_by(logins.c.at.desc())
-                .limit(LOGIN_HISTORY)
+            (
+                await conn.execute(
+                    sa.select(logins.c.at)
+                    .where(logins.c.project_id == project_id, logins.c.user_id == user_id)
+                    .order_by(logins.c.at.desc())
+                    .limit(LOGIN_HISTORY)
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
     found = [
         Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature) for r in device_rows
     ]
@@ -333,5 +337,7 @@ async def is_token_revoked(engine: AsyncEngine, project_id: str, token_hash: str
 
 async def purge_expired_revocations(engine: AsyncEngine, now: int) -> int:
     async with engine.begin() as conn:
-        result = await conn.execute(revoked_tokens.delete().where(revoked_tokens.c.expires_at < now))
+        result = await conn.execute(
+            revoked_tokens.delete().where(revoked_tokens.c.expires_at < now)
+        )
     return int(result.rowcount or 0)

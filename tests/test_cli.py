@@ -1,0 +1,113 @@
+"""The `identify` command's own behaviour: config checking, Envoy config,
+migrations and schema refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from server.store.db import DatabaseUrl, create_engine
+from server.supervisor import envoy_binary
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def identify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(tmp_path: pathlib.Path, providers: dict[str, object]) -> pathlib.Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"projects": [{"id": str(uuid.uuid4()), "name": "p", "providers": providers}]}
+        )
+    )
+    return path
+
+
+def test_envoy_config_validates_with_real_envoy(tmp_path: pathlib.Path) -> None:
+    out = identify(
+        "envoy-config",
+        "--http-port",
+        "18081",
+        "--backend",
+        "10.0.0.5:50051",
+        "--backend",
+        "10.0.0.6:50051",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "10.0.0.6" in out.stdout
+    path = tmp_path / "envoy.yaml"
+    path.write_text(out.stdout)
+    check = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_unknown_provider_in_config_stops_start(tmp_path: pathlib.Path) -> None:
+    config = write_config(tmp_path, {"myspace": {}})
+    out = identify("serve", "--config", str(config), "--db", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 2
+    assert "myspace" in out.stderr and "unknown provider" in out.stderr
+
+
+def test_missing_env_reference_stops_start(tmp_path: pathlib.Path) -> None:
+    config = write_config(tmp_path, {"anonymous": {"note": "${IDENTIFY_SURELY_UNSET_VAR}"}})
+    out = identify("serve", "--config", str(config), "--db", f"sqlite:///{tmp_path}/x.db")
+    assert out.returncode == 2
+    assert "IDENTIFY_SURELY_UNSET_VAR" in out.stderr
+
+
+def test_bad_db_url_is_refused(tmp_path: pathlib.Path) -> None:
+    out = identify("migrate", "--db", "mysql://x/y")
+    assert out.returncode == 2
+    assert "unsupported database" in out.stderr
+
+
+def test_migrate_then_refuse_unknown_schema(tmp_path: pathlib.Path) -> None:
+    url = f"sqlite:///{tmp_path}/m.db"
+    out = identify("migrate", "--db", url)
+    assert out.returncode == 0, out.stderr
+    assert "empty -> 0001" in out.stdout
+
+    async def stamp() -> None:
+        engine = create_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
+        await engine.dispose()
+
+    asyncio.run(stamp())
+    config = write_config(tmp_path, {"anonymous": {}})
+    refused = identify("serve", "--config", str(config), "--db", url)
+    assert refused.returncode == 2
+    assert "newer than this build" in refused.stderr
+
+
+def test_database_url_forms() -> None:
+    assert DatabaseUrl.parse("sqlite:///var/x.db").driver_url == "sqlite+aiosqlite:///var/x.db"
+    pg = DatabaseUrl.parse("postgresql://u:pw@h:5432/d")
+    assert pg.driver_url == "postgresql+asyncpg://u:pw@h:5432/d"
+    assert "pw" not in pg.redacted()
+    with pytest.raises(ValueError):
+        DatabaseUrl.parse("nonsense")
