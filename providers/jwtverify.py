@@ -1,0 +1,368 @@
+"""Verifies JWTs issued by an OpenID Connect issuer that publishes a JWKS.
+
+Shared by every provider that is handed an upstream JWT (authZero, oidc,
+google). Each refusal is UNAUTHENTICATED with its own reason, so clients and
+operators can tell an expired token from a forged one; an issuer that cannot
+be reached is UNAVAILABLE, never a refusal of the user.
+
+The order matters: the signature is checked before any claim, so an
+unsigned or forged token learns nothing about which claims would pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from providers.base import Unauthenticated, Unavailable, User, guarded
+from providers.jwks import JwksCache, VerificationKey
+from providers.upstream import timeout_setting
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALGORITHMS = ("RS256", "ES256")
+# Only asymmetric algorithms exist here: an HMAC algorithm would let anyone
+# holding the issuer's *public* key sign tokens with it as the shared secret.
+_KEY_FOR_ALG: dict[str, tuple[type[Any], type[ec.EllipticCurve] | None]] = {
+    "RS256": (rsa.RSAPublicKey, None),
+    "RS384": (rsa.RSAPublicKey, None),
+    "RS512": (rsa.RSAPublicKey, None),
+    "PS256": (rsa.RSAPublicKey, None),
+    "PS384": (rsa.RSAPublicKey, None),
+    "PS512": (rsa.RSAPublicKey, None),
+    "ES256": (ec.EllipticCurvePublicKey, ec.SECP256R1),
+    "ES384": (ec.EllipticCurvePublicKey, ec.SECP384R1),
+    "ES512": (ec.EllipticCurvePublicKey, ec.SECP521R1),
+    "EdDSA": (ed25519.Ed25519PublicKey, None),
+}
+SUPPORTED_ALGORITHMS = tuple(_KEY_FOR_ALG)
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_LEEWAY = 300
+CLAIMS_CACHE_SIZE = 4096
+
+Claims = Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------
+def url_setting(settings: Mapping[str, Any], key: str) -> str | None:
+    """An optional URL setting. Plain http is accepted only for loopback
+    hosts (tests, sidecars): keys or profiles fetched over the network in
+    clear could be swapped by anyone on the path."""
+    value = settings.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a URL")
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return value
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return value
+    raise ValueError(f"{key} must be an https:// URL (http:// only for localhost)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def str_list_setting(settings: Mapping[str, Any], key: str, *, required: bool) -> tuple[str, ...]:
+    """A setting given as one string or a list of strings."""
+    value = settings.get(key)
+    if value is None:
+        if required:
+            raise ValueError(f"{key} is required")
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(f"{key} must be a non-empty string or a list of non-empty strings")
+    return tuple(items)
+
+
+def number_setting(
+    settings: Mapping[str, Any], key: str, *, default: float, low: float, high: float
+) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{key} must be a number between {low} and {high}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    # Accepted `iss` values (Google uses two spellings of one issuer).
+    issuers: tuple[str, ...]
+    audiences: tuple[str, ...]
+    # None: discovered from {issuer}/.well-known/openid-configuration.
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway: float = 30.0
+    jwks_ttl: float = 600.0
+    refetch_interval: float = 30.0
+    failure_backoff: float = 2.0
+    timeout: float = 5.0
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Mapping[str, Any],
+        *,
+        issuers: Sequence[str] | None = None,
+        jwks_uri: str | None = None,
+        audiences: Sequence[str] | None = None,
+        default_algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+    ) -> VerifierConfig:
+        """Reads the verifier's settings; arguments given by a provider (derived
+        from `domain`, Google's fixed issuers...) win over the settings block."""
+        if issuers is None:
+            issuer = settings.get("issuer")
+            if not isinstance(issuer, str) or not issuer:
+                raise ValueError("issuer is required")
+            issuers = (issuer,)
+        if jwks_uri is None:
+            jwks_uri = url_setting(settings, "jwksUri")
+            if jwks_uri is None:
+                # Discovery is fetched from the issuer, so it must be a URL we trust.
+                url_setting({"issuer": issuers[0]}, "issuer")
+        if audiences is None:
+            audiences = str_list_setting(settings, "audience", required=True)
+        algorithms = str_list_setting(settings, "algorithms", required=False) or tuple(
+            default_algorithms
+        )
+        refused = [a for a in algorithms if a not in _KEY_FOR_ALG]
+        if refused:
+            raise ValueError(
+                f"algorithms {refused} are not allowed; use asymmetric ones: "
+                + ", ".join(SUPPORTED_ALGORITHMS)
+            )
+        return cls(
+            issuers=tuple(issuers),
+            audiences=tuple(audiences),
+            jwks_uri=jwks_uri,
+            algorithms=tuple(algorithms),
+            leeway=number_setting(settings, "leeway", default=30, low=0, high=MAX_LEEWAY),
+            jwks_ttl=number_setting(settings, "jwksCacheTtl", default=600, low=1, high=86400),
+            refetch_interval=number_setting(
+                settings, "jwksRefetchInterval", default=30, low=0.1, high=3600
+            ),
+            timeout=timeout_setting(settings),
+        )
+
+
+# --------------------------------------------------------------------------
+# The verifier
+# --------------------------------------------------------------------------
+class JwtVerifier:
+    """One per provider instance (so per project): its caches never serve
+    another project's issuer or audience. Safe for concurrent calls on one
+    event loop."""
+
+    def __init__(
+        self,
+        config: VerifierConfig,
+        http: httpx.AsyncClient,
+        *,
+        now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._http = http
+        self._now = now
+        self._discovered_jwks_uri: str | None = None
+        self._keys = JwksCache(
+            http,
+            self._jwks_uri,
+            ttl=config.jwks_ttl,
+            refetch_interval=config.refetch_interval,
+            failure_backoff=config.failure_backoff,
+            timeout=config.timeout,
+            monotonic=monotonic,
+            on_keys_removed=self._forget_verified,
+        )
+        self._jws = jwt.PyJWS()
+        # token -> (claims, exp): a token verified once is not verified again
+        # until it expires, unless its key disappears from the set.
+        self._verified: OrderedDict[str, tuple[Claims, float]] = OrderedDict()
+
+    @property
+    def jwks_fetches(self) -> int:
+        return self._keys.fetches
+
+    async def verify(self, token: str) -> Claims:
+        now = self._now()
+        hit = self._verified.get(token)
+        if hit is not None:
+            claims, exp = hit
+            if now <= exp + self.config.leeway:
+                self._verified.move_to_end(token)
+                return claims
+            del self._verified[token]
+
+        header = self._header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.config.algorithms:
+            raise _refuse("ALGORITHM_NOT_ALLOWED", "the token's signing algorithm is not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _refuse("MISSING_KEY_ID", "the token names no signing key (kid)")
+        key = await self._keys.key_for(kid)
+        _check_key_fits(key, alg)
+        try:
+            payload = self._jws.decode_complete(token, key=key.key, algorithms=[alg])["payload"]
+        except jwt.InvalidSignatureError:
+            raise _refuse("BAD_SIGNATURE", "the token's signature does not verify") from None
+        except jwt.PyJWTError:
+            raise _malformed() from None
+        try:
+            claims = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise _malformed() from None
+        if not isinstance(claims, dict):
+            raise _malformed()
+        exp = self._check_claims(claims, now)
+        self._remember(token, claims, exp)
+        return claims
+
+    def _header(self, token: str) -> Mapping[str, Any]:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
+            raise _malformed()
+        try:
+            return self._jws.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _malformed() from None
+
+    def _check_claims(self, claims: Mapping[str, Any], now: float) -> float:
+        cfg = self.config
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or iss not in cfg.issuers:
+            raise _refuse("WRONG_ISSUER", "the token was issued by another issuer")
+        aud = claims.get("aud")
+        auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(auds, list) or not any(
+            isinstance(a, str) and a in cfg.audiences for a in auds
+        ):
+            raise _refuse("WRONG_AUDIENCE", "the token is meant for another audience")
+        exp = _time_claim(claims, "exp", required=True)
+        assert exp is not None
+        if now > exp + cfg.leeway:
+            raise _refuse("TOKEN_EXPIRED", "the token has expired")
+        nbf = _time_claim(claims, "nbf", required=False)
+        if nbf is not None and now + cfg.leeway < nbf:
+            raise _refuse("TOKEN_NOT_YET_VALID", "the token is not valid yet")
+        iat = _time_claim(claims, "iat", required=True)
+        assert iat is not None
+        if now + cfg.leeway < iat:
+            raise _refuse("TOKEN_NOT_YET_VALID", "the token claims to be issued in the future")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub.strip() or len(sub) > 255:
+            raise _refuse("MISSING_SUBJECT", "the token names no subject (sub)")
+        return exp
+
+    def _remember(self, token: str, claims: Claims, exp: float) -> None:
+        self._verified[token] = (claims, exp)
+        if len(self._verified) > CLAIMS_CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    def _forget_verified(self) -> None:
+        # A key left the set (rotated out or revoked): tokens it signed must
+        # be checked again rather than served from the cache.
+        self._verified.clear()
+
+    async def _jwks_uri(self) -> str:
+        if self.config.jwks_uri is not None:
+            return self.config.jwks_uri
+        if self._discovered_jwks_uri is None:
+            self._discovered_jwks_uri = await self._discover()
+        return self._discovered_jwks_uri
+
+    async def _discover(self) -> str:
+        issuer = self.config.issuers[0]
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        resp = await guarded(self._http.get(url, timeout=self.config.timeout))
+        doc: Any = None
+        if resp.status_code == 200:
+            try:
+                doc = resp.json()
+            except ValueError:
+                doc = None
+        if not isinstance(doc, dict):
+            log.warning("OIDC discovery answered HTTP %d without a document", resp.status_code)
+            raise Unavailable(
+                "UPSTREAM_UNAVAILABLE", "the identity provider cannot be reached", retry_after=1.0
+            )
+        # OpenID Connect Discovery 1.0 §4.3: the document must name the very
+        # issuer it was fetched for, or it may be an impostor's.
+        jwks_uri = doc.get("jwks_uri")
+        if doc.get("issuer") != issuer or not isinstance(jwks_uri, str):
+            log.error("OIDC discovery document does not match the configured issuer")
+            raise Unavailable(
+                "UPSTREAM_MISCONFIGURED",
+                "the identity provider's discovery document does not match its configuration",
+                retry_after=30.0,
+            )
+        try:
+            return url_setting({"jwks_uri": jwks_uri}, "jwks_uri") or ""
+        except ValueError:
+            raise Unavailable(
+                "UPSTREAM_MISCONFIGURED",
+                "the identity provider's discovery document does not match its configuration",
+                retry_after=30.0,
+            ) from None
+
+
+def refuse_if_revoked(claims: Claims, user: User | None) -> None:
+    """Tokens issued before the user's sessions were revoked are refused."""
+    if user is not None and user.valid_after and claims["iat"] < user.valid_after:
+        raise _refuse("TOKEN_REVOKED", "the token was issued before the user signed out")
+
+
+def _check_key_fits(key: VerificationKey, alg: str) -> None:
+    # The header's alg is attacker-chosen: it must match the key actually
+    # named, or an RSA key could be used with an algorithm it was not made for.
+    if key.alg is not None and key.alg != alg:
+        raise _refuse("ALGORITHM_NOT_ALLOWED", "the token's algorithm does not match its key")
+    key_type, curve = _KEY_FOR_ALG[alg]
+    if not isinstance(key.key, key_type) or (
+        curve is not None
+        and not (
+            isinstance(key.key, ec.EllipticCurvePublicKey) and isinstance(key.key.curve, curve)
+        )
+    ):
+        raise _refuse("ALGORITHM_NOT_ALLOWED", "the token's algorithm does not match its key")
+
+
+def _time_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise _refuse("MISSING_CLAIM", f"the token has no {name} claim", claim=name)
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _malformed()
+    return float(value)
+
+
+def _refuse(reason: str, message: str, *, claim: str | None = None) -> Unauthenticated:
+    return Unauthenticated(reason, message, metadata={"claim": claim} if claim else None)
+
+
+def _malformed() -> Unauthenticated:
+    return Unauthenticated("MALFORMED_TOKEN", "the token is not a well-formed signed JWT")
