@@ -3,7 +3,9 @@ Envoy edge and server, against local Graph and X API stand-ins."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from server.store import schema
+from server.store.db import create_engine
 from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.fakes.x_api import FakeXApi, XUser
 from tests.harness import Stack, error_reason, start_stack
@@ -195,6 +200,37 @@ def test_facebook_identity_is_per_project(world: World) -> None:
     other = world.check(FB_OTHER_PROJECT, "facebook", accessToken=world.graph.issue(APP, user))
     b = other.json()["data"]
     assert a["userId"] != b["userId"] and a["externalId"] != b["externalId"]
+
+
+def revoke_sessions_in_store(db_url: str, project: str, user_id: str, before: int) -> None:
+    """What an admin's "sign this user out everywhere" writes; no public RPC
+    does it for social users, so the test writes the row itself."""
+
+    async def go() -> None:
+        engine = create_engine(db_url, pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.update(schema.users)
+                    .where(schema.users.c.project_id == project, schema.users.c.user_id == user_id)
+                    .values(valid_after=before)
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+
+
+def test_facebook_token_issued_before_revocation_is_refused(world: World) -> None:
+    user = fb_user("Revoked")
+    now = int(time.time())
+    old = world.graph.issue(APP, user, issued_at=now - 600)
+    first = world.check(FB, "facebook", accessToken=old)
+    assert first.status_code == 200, first.text
+    revoke_sessions_in_store(world.stack.db_url, FB, first.json()["data"]["userId"], now - 60)
+    refused(world.check(FB, "facebook", accessToken=old), 401, "TOKEN_REVOKED")
+    fresh = world.graph.issue(APP, user, issued_at=now)
+    assert world.check(FB, "facebook", accessToken=fresh).status_code == 200
 
 
 def test_facebook_accepts_matching_user_id(world: World) -> None:
