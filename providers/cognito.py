@@ -1,0 +1,419 @@
+"""awsCognito: the email lifecycle of an AWS Cognito user pool.
+
+Cognito owns passwords and attributes; this service owns users (keyed on
+the pool's `sub`), devices, login history and revocation. Access tokens are
+verified locally (cognito_tokens) on every call, and the store decides
+whether a verified token is still welcome:
+
+- logout sets the user's valid_after: every access token with an earlier
+  `iat` is refused, and the presented token itself is refused by hash (it
+  may have been minted in the same second);
+- a refresh token is accepted only if this service recorded it as issued to
+  the user since the user's last logout (see `_remember_refresh_token`). So
+  "logout, then refresh with the old refresh token" fails here even where
+  Cognito itself would still accept that refresh token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from providers import cognito_errors as op
+from providers.base import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Provider,
+    ProviderContext,
+    Reply,
+    Request,
+    Session,
+    Unauthenticated,
+    Unavailable,
+    UpstreamTokens,
+    User,
+    canonical_uuid,
+    optional_str,
+    require_bearer,
+    require_str,
+)
+from providers.cognito_api import CognitoApi
+from providers.cognito_profile import (
+    attributes_of,
+    email_of,
+    profile_data,
+    writable_attributes,
+)
+from providers.cognito_settings import CognitoSettings
+from providers.cognito_tokens import MAX_TOKEN_LEN, AccessClaims, AccessTokenVerifier
+
+# Cognito's own bound on passwords.
+MAX_PASSWORD_LEN = 256
+MAX_CODE_LEN = 2048
+# Fields of `data` that are not Cognito attributes.
+_REGISTER_FIELDS = ("email", "password", "deviceId")
+_UPDATE_FIELDS = ("deviceId",)
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    access: str
+    refresh: str | None
+
+
+class CognitoProvider(Provider):
+    name = "awsCognito"
+    strategies = ("email",)
+
+    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
+        super().__init__(settings, ctx)
+        self._cfg = CognitoSettings.parse(settings)
+        self._api = CognitoApi(self._cfg, ctx)
+        self._verifier = AccessTokenVerifier(self._cfg, ctx.http)
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+        CognitoSettings.parse(settings)
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    # ------------------------------------------------------------ register
+    async def create_user(self, req: Request) -> Reply:
+        email = email_of(req.data)
+        password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
+        attributes = writable_attributes(req.data, skip=_REGISTER_FIELDS)
+        attributes["email"] = email
+        reply = await self._api.call(
+            op.REGISTER,
+            "sign_up",
+            **self._client_params(email),
+            Username=email,
+            Password=password,
+            UserAttributes=[{"Name": k, "Value": v} for k, v in attributes.items()],
+        )
+        sub = reply.get("UserSub")
+        if not isinstance(sub, str) or not sub:
+            raise _bad_reply()
+        confirmed = bool(reply.get("UserConfirmed"))
+        if self._cfg.auto_confirm and not confirmed:
+            await self._api.call(
+                op.CONFIRM_SIGN_UP,
+                "admin_confirm_sign_up",
+                UserPoolId=self._cfg.user_pool_id,
+                Username=email,
+            )
+            confirmed = True
+        user, _ = await self.ctx.accounts.ensure_user(sub, attributes=attributes)
+        return Reply(
+            message="User is Correctly Created",
+            data={
+                "email": email,
+                "userId": user.user_id,
+                "externalId": user.external_id,
+                "projectId": req.project.id,
+                "userConfirmed": confirmed,
+            },
+        )
+
+    # ------------------------------------------------------------- sessions
+    async def login(self, req: Request) -> Session:
+        email = email_of(req.data)
+        password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
+        device_id = _device_id(req)
+        tokens = await self._password_auth(op.LOGIN, email, password)
+        return await self._start_session(tokens, device_id)
+
+    async def change_password(self, req: Request) -> Session:
+        token, claims, _ = await self._authenticate(req)
+        proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
+        previous = require_str(req.data, "previousPassword", max_len=MAX_PASSWORD_LEN)
+        device_id = _device_id(req)
+        await self._api.call(
+            op.CHANGE_PASSWORD,
+            "change_password",
+            AccessToken=token,
+            PreviousPassword=previous,
+            ProposedPassword=proposed,
+        )
+        # A fresh session with the new password. The token's `username` claim
+        # is Cognito's username (a UUID in email-as-username pools), which
+        # USERNAME and SECRET_HASH accept where the email may not be known.
+        tokens = await self._password_auth(op.REAUTHENTICATE, claims.username, proposed)
+        return await self._start_session(tokens, device_id)
+
+    async def refresh_session(self, req: Request) -> Session:
+        refresh = req.refresh_token or optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_LEN)
+        if not refresh:
+            raise InvalidArgument(
+                "MISSING_FIELD", "refreshToken is required", metadata={"field": "refreshToken"}
+            )
+        device_id = _device_id(req)
+        if await self.ctx.accounts.is_token_revoked(refresh):
+            raise _refresh_revoked()
+        # The access token being replaced (expired or not) says whose refresh
+        # this is: SECRET_HASH must be computed over Cognito's username, and
+        # the refresh token itself is opaque.
+        previous = (
+            await self._verifier.verify(req.bearer, allow_expired=True) if req.bearer else None
+        )
+        params = {"REFRESH_TOKEN": refresh}
+        if self._cfg.client_secret is not None:
+            if previous is None:
+                raise Unauthenticated(
+                    "MISSING_BEARER_TOKEN",
+                    "this project's app client has a secret: send the last access token"
+                    " (expired is fine) as 'Authorization: Bearer' with the refresh",
+                )
+            params["SECRET_HASH"] = self._api.secret_hash(previous.username) or ""
+        reply = await self._api.call(
+            op.REFRESH,
+            "initiate_auth",
+            ClientId=self._cfg.client_id,
+            AuthFlow="REFRESH_TOKEN_AUTH",
+            AuthParameters=params,
+        )
+        tokens = _tokens_of(reply)
+        claims = await self._verifier.verify(tokens.access)
+        if previous is not None and previous.sub != claims.sub:
+            raise Unauthenticated(
+                "INVALID_REFRESH_TOKEN",
+                "the refresh token belongs to another user than the access token",
+            )
+        user = await self.ctx.accounts.find_user(claims.sub)
+        if user is None or not await self._refresh_token_is_current(refresh, user):
+            raise _refresh_revoked()
+        # Pools with refresh-token rotation hand out a new one; others keep it.
+        current = tokens.refresh or refresh
+        if current != refresh:
+            await self._remember_refresh_token(current, user)
+        return await self.ctx.accounts.sign_in(
+            user, device_id=device_id, upstream=UpstreamTokens(tokens.access, current)
+        )
+
+    async def logout(self, req: Request) -> Reply:
+        token, claims, user = await self._authenticate(req)
+        refresh = optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_LEN)
+        try:
+            await self._api.call(op.LOGOUT, "global_sign_out", AccessToken=token)
+        except Unauthenticated:
+            # Cognito already refuses this session; ours is ended below all the same.
+            pass
+        now = self.ctx.now()
+        await self.ctx.accounts.revoke_sessions(user, before=now)
+        # Same-second tokens pass the `iat < valid_after` test; this one must not.
+        await self.ctx.accounts.revoke_token(token, expires_at=claims.exp)
+        if refresh:
+            await self.ctx.accounts.revoke_token(
+                refresh, expires_at=now + self._cfg.refresh_token_validity
+            )
+        return Reply(message="user logged out", data={})
+
+    # -------------------------------------------------------------- profile
+    async def get_user(self, req: Request) -> Reply:
+        token, claims, user = await self._authenticate(req)
+        user, username, attributes = await self._fresh_profile(token, claims, user)
+        view = await self.ctx.accounts.profile(user)
+        return Reply(
+            message="OK", data=profile_data(view, username=username, attributes=attributes)
+        )
+
+    async def check_user(self, req: Request) -> Reply:
+        if not req.device_id:
+            raise InvalidArgument(
+                "MISSING_FIELD", "deviceId is required", metadata={"field": "deviceId"}
+            )
+        device_id = canonical_uuid(req.device_id, field_name="deviceId")
+        token, claims, user = await self._authenticate(req)
+        # Cognito's answer first: a token it refuses must not count as a login.
+        user, username, attributes = await self._fresh_profile(token, claims, user)
+        await self.ctx.accounts.record_login(user, device_id)
+        view = await self.ctx.accounts.profile(user)
+        return Reply(
+            message="OK", data=profile_data(view, username=username, attributes=attributes)
+        )
+
+    async def update_user(self, req: Request) -> Reply:
+        token, claims, user = await self._authenticate(req)
+        attributes = writable_attributes(req.data, skip=_UPDATE_FIELDS)
+        if not attributes:
+            raise InvalidArgument(
+                "NO_ATTRIBUTES", "data must carry at least one attribute to update"
+            )
+        if "email" in attributes:
+            email_of(attributes)
+        await self._api.call(
+            op.UPDATE_USER,
+            "update_user_attributes",
+            AccessToken=token,
+            UserAttributes=[{"Name": k, "Value": v} for k, v in attributes.items()],
+        )
+        user, username, fresh = await self._fresh_profile(token, claims, user)
+        return Reply(
+            message="User is Correctly Updated",
+            data={
+                "email": fresh.get("email", ""),
+                "username": username,
+                "externalId": user.external_id,
+                "projectId": req.project.id,
+            },
+        )
+
+    # ------------------------------------------------------ password reset
+    async def forgot_password(self, req: Request) -> Reply:
+        email = email_of(req.data)
+        try:
+            await self._api.call(
+                op.FORGOT_PASSWORD, "forgot_password", **self._client_params(email), Username=email
+            )
+        except NotFound:
+            # Same answer as for a known email: this endpoint must not tell
+            # who has an account.
+            pass
+        return Reply(message="please check your email", data={})
+
+    async def confirm_forgot_password(self, req: Request) -> Reply:
+        email = email_of(req.data)
+        code = require_str(req.data, "confirmationCode", max_len=MAX_CODE_LEN)
+        password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
+        await self._api.call(
+            op.CONFIRM_FORGOT_PASSWORD,
+            "confirm_forgot_password",
+            **self._client_params(email),
+            Username=email,
+            ConfirmationCode=code,
+            Password=password,
+        )
+        return Reply(message="password has been reset", data={})
+
+    # -------------------------------------------------------------- helpers
+    def _client_params(self, username: str) -> dict[str, str]:
+        params = {"ClientId": self._cfg.client_id}
+        secret_hash = self._api.secret_hash(username)
+        if secret_hash is not None:
+            params["SecretHash"] = secret_hash
+        return params
+
+    async def _password_auth(self, operation: str, username: str, password: str) -> _Tokens:
+        params = {"USERNAME": username, "PASSWORD": password}
+        secret_hash = self._api.secret_hash(username)
+        if secret_hash is not None:
+            params["SECRET_HASH"] = secret_hash
+        reply = await self._api.call(
+            operation,
+            "initiate_auth",
+            ClientId=self._cfg.client_id,
+            AuthFlow="USER_PASSWORD_AUTH",
+            AuthParameters=params,
+        )
+        return _tokens_of(reply)
+
+    async def _start_session(self, tokens: _Tokens, device_id: str | None) -> Session:
+        claims = await self._verifier.verify(tokens.access)
+        username, attributes = await self._cognito_user(tokens.access, claims)
+        user, created = await self.ctx.accounts.ensure_user(
+            claims.sub, attributes=attributes, username=username
+        )
+        if not created:
+            user = await self._sync(user, username, attributes)
+        if tokens.refresh:
+            await self._remember_refresh_token(tokens.refresh, user)
+        return await self.ctx.accounts.sign_in(
+            user, device_id=device_id, upstream=UpstreamTokens(tokens.access, tokens.refresh)
+        )
+
+    async def _authenticate(self, req: Request) -> tuple[str, AccessClaims, User]:
+        """The bearer token, its claims and its user, or Unauthenticated."""
+        token = require_bearer(req)
+        claims = await self._verifier.verify(token)
+        user = await self.ctx.accounts.find_user(claims.sub)
+        if user is None:
+            # Signed up or signed in elsewhere (console, hosted UI): still ours.
+            user, _ = await self.ctx.accounts.ensure_user(claims.sub, username=claims.username)
+        if claims.iat < user.valid_after or await self.ctx.accounts.is_token_revoked(token):
+            raise Unauthenticated(
+                "TOKEN_REVOKED",
+                "this session was ended by a logout; sign in again",
+                metadata={"provider": self.name},
+            )
+        return token, claims, user
+
+    async def _fresh_profile(
+        self, token: str, claims: AccessClaims, user: User
+    ) -> tuple[User, str, dict[str, str]]:
+        """GetUser, and our copy of the attributes brought up to date."""
+        username, attributes = await self._cognito_user(token, claims)
+        return await self._sync(user, username, attributes), username, attributes
+
+    async def _cognito_user(self, token: str, claims: AccessClaims) -> tuple[str, dict[str, str]]:
+        reply = await self._api.call(op.GET_USER, "get_user", AccessToken=token)
+        username = reply.get("Username")
+        if not isinstance(username, str) or not username:
+            username = claims.username
+        return username, attributes_of(reply)
+
+    async def _sync(self, user: User, username: str, attributes: dict[str, str]) -> User:
+        if user.attributes == attributes and user.username == username:
+            return user
+        return await self.ctx.accounts.update_user(
+            user, attributes=attributes, merge_attributes=False, username=username
+        )
+
+    # Refresh tokens are opaque, and a logout cannot list the ones issued
+    # before it. So each one this service hands out is recorded together with
+    # the user's logout epoch (valid_after) at that time; a logout moves the
+    # epoch, and every earlier record stops matching. The record lives in the
+    # store's set of token hashes (the one revocations use), namespaced.
+    def _refresh_marker(self, refresh: str, user: User) -> str:
+        return f"{self.name}:refresh-issued:{user.user_id}:{user.valid_after}:{refresh}"
+
+    async def _remember_refresh_token(self, refresh: str, user: User) -> None:
+        await self.ctx.accounts.revoke_token(
+            self._refresh_marker(refresh, user),
+            expires_at=self.ctx.now() + self._cfg.refresh_token_validity,
+        )
+
+    async def _refresh_token_is_current(self, refresh: str, user: User) -> bool:
+        return await self.ctx.accounts.is_token_revoked(self._refresh_marker(refresh, user))
+
+
+def _device_id(req: Request) -> str | None:
+    value = req.data.get("deviceId") or req.device_id
+    if value in (None, ""):
+        return None
+    return canonical_uuid(value, field_name="deviceId")
+
+
+def _tokens_of(reply: Mapping[str, Any]) -> _Tokens:
+    result = reply.get("AuthenticationResult")
+    if not isinstance(result, Mapping):
+        challenge = reply.get("ChallengeName")
+        raise FailedPrecondition(
+            "CHALLENGE_REQUIRED",
+            "the user pool asks for a step this API does not support (MFA or a new password)",
+            metadata={"provider": "awsCognito", "challenge": str(challenge or "UNKNOWN")[:64]},
+        )
+    access, refresh = result.get("AccessToken"), result.get("RefreshToken")
+    if not isinstance(access, str) or not access:
+        raise _bad_reply()
+    return _Tokens(access=access, refresh=refresh if isinstance(refresh, str) and refresh else None)
+
+
+def _refresh_revoked() -> Unauthenticated:
+    return Unauthenticated(
+        "REFRESH_TOKEN_REVOKED",
+        "this refresh token was issued before the last logout, or not by this service;"
+        " sign in again",
+        metadata={"provider": "awsCognito"},
+    )
+
+
+def _bad_reply() -> Unavailable:
+    return Unavailable(
+        "UPSTREAM_BAD_RESPONSE",
+        "Cognito answered in an unexpected way; try again later",
+        metadata={"provider": "awsCognito"},
+        retry_after=1.0,
+    )

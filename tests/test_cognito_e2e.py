@@ -1,0 +1,739 @@
+"""awsCognito through the real Envoy edge, against moto's Cognito server.
+
+One moto server (in this process, on a free port) holds three user pools;
+one stack serves six projects on them:
+
+- PUBLIC: pool A (email is the username attribute), app client without a
+  secret, sign-ups confirmed by the service (autoConfirm);
+- SECRET: pool B (plain usernames), app client with a secret, autoConfirm
+  with AWS keys from ${ENV} references;
+- MANUAL: pool A again, another app client, no autoConfirm;
+- OTHER: pool C, a second pool on the same emulator (same signing key!);
+- DOWN: an endpoint and JWKS URL where nothing listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import httpx
+import jwt
+import pytest
+from moto.cognitoidp.models import cognitoidp_backends
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.server import ThreadedMotoServer
+
+from tests.harness import Stack, error_reason, free_port, start_stack
+
+REGION = "us-east-1"
+PUBLIC, SECRET, MANUAL, OTHER, DOWN = (str(uuid.uuid4()) for _ in range(5))
+PASSWORD = "Passw0rd!one"
+NEW_PASSWORD = "Passw0rd!two"
+PREFIXES = ["/v1", ""]
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SIG = re.compile(r"^[0-9A-F]{40}$")
+SESSION_KEYS = {
+    "deviceId",
+    "timeStamp",
+    "signature",
+    "externalId",
+    "userId",
+    "accessToken",
+    "refreshToken",
+    "profileToken",
+    "signUp",
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    id: str
+    client_id: str
+    client_secret: str | None = None
+
+    def issuer(self) -> str:
+        return f"https://cognito-idp.{REGION}.amazonaws.com/{self.id}"
+
+
+@dataclass(frozen=True)
+class Cognito:
+    url: str
+    client: Any
+    a: Pool
+    a_manual: Pool
+    b: Pool
+    c: Pool
+
+    def user(self, pool: Pool, email: str) -> Any:
+        backend = cognitoidp_backends[DEFAULT_ACCOUNT_ID][REGION]
+        return backend.user_pools[pool.id]._get_user(email)
+
+
+@pytest.fixture(scope="module")
+def cognito() -> Iterator[Cognito]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client: Any = boto3.client(
+        "cognito-idp",
+        region_name=REGION,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    flows = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
+    schema = [
+        {"Name": "terms_optin1", "AttributeDataType": "String", "Mutable": True},
+        {"Name": "terms_optin2", "AttributeDataType": "String", "Mutable": True},
+    ]
+
+    def pool(name: str, *, secret: bool = False, **extra: Any) -> Pool:
+        pool_id = client.create_user_pool(PoolName=name, Schema=schema, **extra)["UserPool"]["Id"]
+        return app_client(pool_id, secret=secret)
+
+    def app_client(pool_id: str, *, secret: bool = False) -> Pool:
+        made = client.create_user_pool_client(
+            UserPoolId=pool_id, ClientName="app", ExplicitAuthFlows=flows, GenerateSecret=secret
+        )["UserPoolClient"]
+        return Pool(pool_id, made["ClientId"], made.get("ClientSecret"))
+
+    a = pool("a", UsernameAttributes=["email"], AutoVerifiedAttributes=["email"])
+    yield Cognito(
+        url=url,
+        client=client,
+        a=a,
+        a_manual=app_client(a.id),
+        b=pool("b", secret=True),
+        c=pool("c", UsernameAttributes=["email"]),
+    )
+    server.stop()
+
+
+def settings(cognito: Cognito, pool: Pool, **extra: Any) -> dict[str, Any]:
+    out = {
+        "region": REGION,
+        "userPoolId": pool.id,
+        "clientId": pool.client_id,
+        "endpointUrl": cognito.url,
+        "jwksUrl": f"{cognito.url}/{pool.id}/.well-known/jwks.json",
+        **extra,
+    }
+    if pool.client_secret:
+        out["clientSecret"] = pool.client_secret
+    return out
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, db_url: str, cognito: Cognito
+) -> Iterator[Stack]:
+    dead = f"http://127.0.0.1:{free_port()}"
+
+    def project(pid: str, name: str, cognito_settings: dict[str, Any]) -> dict[str, Any]:
+        return {"id": pid, "name": name, "providers": {"awsCognito": cognito_settings}}
+
+    config = {
+        "projects": [
+            project(PUBLIC, "public", settings(cognito, cognito.a, autoConfirm=True)),
+            project(
+                SECRET,
+                "secret",
+                settings(
+                    cognito,
+                    cognito.b,
+                    autoConfirm=True,
+                    accessKeyId="${COGNITO_TEST_KEY_ID}",
+                    secretAccessKey="${COGNITO_TEST_SECRET_KEY}",
+                ),
+            ),
+            project(MANUAL, "manual", settings(cognito, cognito.a_manual)),
+            project(OTHER, "other", settings(cognito, cognito.c, autoConfirm=True)),
+            project(
+                DOWN,
+                "down",
+                {
+                    **settings(cognito, cognito.a),
+                    "endpointUrl": dead,
+                    "jwksUrl": f"{dead}/jwks.json",
+                    "timeoutSeconds": 2,
+                },
+            ),
+        ]
+    }
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "COGNITO_TEST_KEY_ID": "testing",
+        "COGNITO_TEST_SECRET_KEY": "testing",
+    }
+    s = start_stack(tmp_path_factory.mktemp("cognito"), config, env=env, db_url=db_url)
+    yield s
+    assert s.stop() == 0, s.log_text()
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client() as client:
+        yield client
+
+
+# ------------------------------------------------------------------ helpers
+def new_email() -> str:
+    return f"u{uuid.uuid4().hex[:12]}@example.com"
+
+
+def body(project: str, data: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"projectId": project, "strategy": "email", "provider": "awsCognito"}
+    if data is not None:
+        out["data"] = data
+    return {**out, **top}
+
+
+def query(project: str, **extra: str) -> dict[str, str]:
+    return {"projectId": project, "strategy": "email", "provider": "awsCognito", **extra}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ok(reply: httpx.Response) -> dict[str, Any]:
+    assert reply.status_code == 200, reply.text
+    out = reply.json()
+    assert out["result"] == 1
+    return dict(out)
+
+
+def refused(reply: httpx.Response, status: int, reason: str) -> dict[str, Any]:
+    assert reply.status_code == status, reply.text
+    out = reply.json()
+    assert error_reason(out) == reason, out
+    return dict(out)
+
+
+def register(http: httpx.Client, project: str, email: str, **attrs: Any) -> dict[str, Any]:
+    data = {"email": email, "password": PASSWORD, **attrs}
+    return dict(ok(http.post("/user", json=body(project, data)))["data"])
+
+
+def login(
+    http: httpx.Client,
+    project: str,
+    email: str,
+    password: str = PASSWORD,
+    device: str | None = None,
+) -> dict[str, Any]:
+    data = {"email": email, "password": password}
+    if device:
+        data["deviceId"] = device
+    return dict(ok(http.put("/user/login", json=body(project, data)))["data"])
+
+
+def signed_up(
+    http: httpx.Client, project: str = PUBLIC, **attrs: Any
+) -> tuple[str, dict[str, Any]]:
+    email = new_email()
+    register(http, project, email, **attrs)
+    return email, login(http, project, email)
+
+
+def profile(http: httpx.Client, project: str, token: str, prefix: str = "") -> httpx.Response:
+    return http.get(f"{prefix}/user", params=query(project), headers=bearer(token))
+
+
+def retry_delay(out: dict[str, Any]) -> str:
+    [retry] = [d for d in out["details"] if d["@type"].endswith("google.rpc.RetryInfo")]
+    return str(retry["retryDelay"])
+
+
+# -------------------------------------------------------- register and login
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_register_then_login_returns_the_documented_session(
+    http: httpx.Client, cognito: Cognito, prefix: str
+) -> None:
+    email = new_email()
+    reply = http.post(
+        f"{prefix}/user",
+        json=body(
+            PUBLIC,
+            {
+                "email": email,
+                "password": PASSWORD,
+                "nickname": "burger",
+                "custom:terms_optin1": "1",
+            },
+        ),
+    )
+    created = ok(reply)
+    assert created["message"] == "User is Correctly Created"
+    reg = created["data"]
+    assert reg["email"] == email and reg["projectId"] == PUBLIC
+    assert reg["userConfirmed"] is True and HEX64.match(reg["externalId"])
+    upstream = cognito.user(cognito.a, email)
+    assert upstream.status.value == "CONFIRMED"
+    assert upstream.attribute_lookup["nickname"] == "burger"
+    assert upstream.attribute_lookup["custom:terms_optin1"] == "1"
+
+    device = str(uuid.uuid4())
+    logged = ok(
+        http.put(
+            f"{prefix}/user/login",
+            json=body(PUBLIC, {"email": email, "password": PASSWORD, "deviceId": device.upper()}),
+        )
+    )
+    assert logged["message"] == "OK"
+    session = logged["data"]
+    assert set(session) == SESSION_KEYS
+    assert session["deviceId"] == device
+    assert session["userId"] == reg["userId"] and session["externalId"] == reg["externalId"]
+    assert isinstance(session["timeStamp"], int) and isinstance(session["signUp"], int)
+    assert SIG.match(session["signature"])
+    claims = jwt.decode(session["accessToken"], options={"verify_signature": False})
+    assert claims["iss"] == cognito.a.issuer() and claims["client_id"] == cognito.a.client_id
+    assert claims["sub"] == upstream.id
+    assert session["refreshToken"]
+    profile_claims = jwt.decode(session["profileToken"], options={"verify_signature": False})
+    assert profile_claims["aud"] == PUBLIC and profile_claims["sub"] == session["userId"]
+
+
+def test_login_without_device_mints_one_and_keeps_the_user(http: httpx.Client) -> None:
+    email, first = signed_up(http)
+    second = login(http, PUBLIC, email)
+    assert uuid.UUID(first["deviceId"]) and uuid.UUID(second["deviceId"])
+    assert first["deviceId"] != second["deviceId"]
+    assert first["userId"] == second["userId"]
+
+
+def test_register_without_auto_confirm_leaves_the_user_unconfirmed(
+    http: httpx.Client, cognito: Cognito
+) -> None:
+    email = new_email()
+    assert register(http, MANUAL, email)["userConfirmed"] is False
+    reply = http.put("/user/login", json=body(MANUAL, {"email": email, "password": PASSWORD}))
+    out = refused(reply, 400, "USER_NOT_CONFIRMED")
+    assert "confirm" in out["message"] and "User is not confirmed." not in out["message"]
+    cognito.client.admin_confirm_sign_up(UserPoolId=cognito.a.id, Username=email)
+    assert login(http, MANUAL, email)["userId"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason"),
+    [
+        ({"password": "weak"}, 400, "INVALID_PASSWORD"),
+        ({"email": "a@b"}, 400, "INVALID_PARAMETER"),
+        ({"email": "not-an-email"}, 400, "INVALID_EMAIL"),
+        ({"isAdmin": "1"}, 400, "UNKNOWN_ATTRIBUTE"),
+        ({"password": None}, 400, "MISSING_FIELD"),
+    ],
+)
+def test_register_refusals(
+    http: httpx.Client, data: dict[str, Any], status: int, reason: str
+) -> None:
+    payload = {"email": new_email(), "password": PASSWORD, **data}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    refused(http.post("/v1/user", json=body(PUBLIC, payload)), status, reason)
+
+
+def test_register_twice_is_409(http: httpx.Client) -> None:
+    email = new_email()
+    register(http, PUBLIC, email)
+    out = refused(
+        http.post("/user", json=body(PUBLIC, {"email": email, "password": PASSWORD})),
+        409,
+        "USER_ALREADY_EXISTS",
+    )
+    assert email not in out["message"]
+
+
+def test_wrong_password_and_unknown_user_look_the_same(http: httpx.Client) -> None:
+    email, _ = signed_up(http)
+    wrong = refused(
+        http.put("/user/login", json=body(PUBLIC, {"email": email, "password": "Wr0ng!pass"})),
+        401,
+        "INVALID_CREDENTIALS",
+    )
+    unknown = refused(
+        http.put("/user/login", json=body(PUBLIC, {"email": new_email(), "password": PASSWORD})),
+        401,
+        "INVALID_CREDENTIALS",
+    )
+    assert wrong["message"] == unknown["message"]
+    assert "Incorrect username or password" not in wrong["message"]
+    assert "User does not exist" not in unknown["message"]
+
+
+def test_login_with_a_bad_device_id_is_400(http: httpx.Client) -> None:
+    email, _ = signed_up(http)
+    reply = http.put(
+        "/user/login",
+        json=body(PUBLIC, {"email": email, "password": PASSWORD, "deviceId": "nope"}),
+    )
+    refused(reply, 400, "INVALID_UUID")
+
+
+# ------------------------------------------------------------------ profile
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_profile_has_the_documented_shape(http: httpx.Client, prefix: str) -> None:
+    email, session = signed_up(
+        http, nickname="burger1111111", **{"custom:terms_optin1": "1", "custom:terms_optin2": "1"}
+    )
+    out = ok(profile(http, PUBLIC, session["accessToken"], prefix))
+    assert out["message"] == "OK"
+    data = out["data"]
+    assert set(data) == {
+        "data",
+        "email",
+        "nickname",
+        "custom:terms_optin1",
+        "custom:terms_optin2",
+        "updatedAt",
+        "devices",
+    }
+    assert data["email"] == email and data["nickname"] == "burger1111111"
+    assert data["custom:terms_optin1"] == "1"
+    assert isinstance(data["updatedAt"], str) and data["updatedAt"].isdigit()
+    inner = data["data"]
+    assert inner["userId"] == session["userId"]
+    assert inner["email"] == email and inner["nickname"] == "burger1111111"
+    assert inner["custom:terms_optin2"] == "1"
+    assert uuid.UUID(inner["username"])  # Cognito's username: the sub, in email pools
+    assert len(inner["loginHistory"]) == 1 and isinstance(inner["loginHistory"][0], int)
+    [device] = data["devices"]
+    assert device["deviceId"] == session["deviceId"]
+    assert device["userId"] == session["userId"]
+    assert device["signature"] == session["signature"]
+    assert device["timeStamp"] == session["timeStamp"] and device["signUp"] == session["signUp"]
+    assert isinstance(device["lastLogin"], int)
+
+
+def test_check_records_the_device_login(http: httpx.Client) -> None:
+    _, session = signed_up(http)
+    other = str(uuid.uuid4())
+    for prefix in PREFIXES:
+        out = ok(
+            http.get(
+                f"{prefix}/user/check",
+                params=query(PUBLIC, deviceId=other),
+                headers=bearer(session["accessToken"]),
+            )
+        )
+    data = out["data"]
+    assert {d["deviceId"] for d in data["devices"]} == {session["deviceId"], other}
+    assert len(data["data"]["loginHistory"]) == 3
+    assert data["data"]["userId"] == session["userId"]
+
+
+@pytest.mark.parametrize(("device", "reason"), [(None, "MISSING_FIELD"), ("x", "INVALID_UUID")])
+def test_check_needs_a_device_uuid(http: httpx.Client, device: str | None, reason: str) -> None:
+    _, session = signed_up(http)
+    params = query(PUBLIC) if device is None else query(PUBLIC, deviceId=device)
+    reply = http.get("/user/check", params=params, headers=bearer(session["accessToken"]))
+    refused(reply, 400, reason)
+
+
+def test_update_user_writes_cognito_and_returns_the_documented_reply(
+    http: httpx.Client, cognito: Cognito
+) -> None:
+    email, session = signed_up(http, nickname="before")
+    for prefix in PREFIXES:
+        nickname = f"after{prefix.strip('/')}"
+        out = ok(
+            http.put(
+                f"{prefix}/user",
+                json=body(PUBLIC, {"nickname": nickname, "custom:terms_optin2": "1"}),
+                headers=bearer(session["accessToken"]),
+            )
+        )
+        assert out["data"] == {
+            "email": email,
+            "username": cognito.user(cognito.a, email).id,
+            "externalId": session["externalId"],
+            "projectId": PUBLIC,
+        }
+        assert cognito.user(cognito.a, email).attribute_lookup["nickname"] == nickname
+    data = ok(profile(http, PUBLIC, session["accessToken"]))["data"]
+    assert data["nickname"] == nickname and data["custom:terms_optin2"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"), [({}, "NO_ATTRIBUTES"), ({"role": "admin"}, "UNKNOWN_ATTRIBUTE")]
+)
+def test_update_user_refusals(http: httpx.Client, data: dict[str, Any], reason: str) -> None:
+    _, session = signed_up(http)
+    reply = http.put("/user", json=body(PUBLIC, data), headers=bearer(session["accessToken"]))
+    refused(reply, 400, reason)
+
+
+# ---------------------------------------------------------------- passwords
+def test_change_password_returns_a_fresh_session(http: httpx.Client) -> None:
+    email, session = signed_up(http)
+    device = str(uuid.uuid4())
+    out = ok(
+        http.put(
+            "/v1/user/change-password",
+            json=body(
+                PUBLIC,
+                {"password": NEW_PASSWORD, "previousPassword": PASSWORD, "deviceId": device},
+            ),
+            headers=bearer(session["accessToken"]),
+        )
+    )
+    assert out["message"] == "password has been updated"
+    fresh = out["data"]
+    assert set(fresh) == SESSION_KEYS and fresh["deviceId"] == device
+    assert fresh["userId"] == session["userId"]
+    assert fresh["accessToken"] != session["accessToken"]
+    ok(profile(http, PUBLIC, fresh["accessToken"]))
+    refused(
+        http.put("/user/login", json=body(PUBLIC, {"email": email, "password": PASSWORD})),
+        401,
+        "INVALID_CREDENTIALS",
+    )
+    assert login(http, PUBLIC, email, NEW_PASSWORD)["userId"] == session["userId"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason"),
+    [
+        ({"password": NEW_PASSWORD, "previousPassword": "Wr0ng!pass"}, 401, "INVALID_CREDENTIALS"),
+        ({"password": "weak", "previousPassword": PASSWORD}, 400, "INVALID_PASSWORD"),
+        ({"password": NEW_PASSWORD}, 400, "MISSING_FIELD"),
+    ],
+)
+def test_change_password_refusals(
+    http: httpx.Client, data: dict[str, Any], status: int, reason: str
+) -> None:
+    _, session = signed_up(http)
+    reply = http.put(
+        "/user/change-password", json=body(PUBLIC, data), headers=bearer(session["accessToken"])
+    )
+    refused(reply, status, reason)
+
+
+def test_forgot_then_confirm_sets_the_new_password(http: httpx.Client, cognito: Cognito) -> None:
+    email, session = signed_up(http)
+    out = ok(http.put("/user/forgot-password", json=body(PUBLIC, {"email": email})))
+    assert out["message"] == "please check your email"
+    code = cognito.user(cognito.a, email).confirmation_code
+    assert code and code.startswith("moto-confirmation-code:")
+
+    def confirm(with_code: str) -> httpx.Response:
+        data = {"email": email, "confirmationCode": with_code, "password": NEW_PASSWORD}
+        return http.post("/v1/user/confirm-forgot-password", json=body(PUBLIC, data))
+
+    # moto checks only codes in its own format; a wrong one reads as expired.
+    refused(confirm("moto-confirmation-code:1234567"), 400, "EXPIRED_CODE")
+    assert ok(confirm(code))["message"] == "password has been reset"
+    assert login(http, PUBLIC, email, NEW_PASSWORD)["userId"] == session["userId"]
+
+
+def test_forgot_password_does_not_reveal_unknown_emails(http: httpx.Client) -> None:
+    known, _ = signed_up(http)
+    a = ok(http.put("/v1/user/forgot-password", json=body(PUBLIC, {"email": known})))
+    b = ok(http.put("/user/forgot-password", json=body(PUBLIC, {"email": new_email()})))
+    assert a == b
+
+
+# ------------------------------------------------------------------ refresh
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_refresh_returns_new_tokens(http: httpx.Client, prefix: str) -> None:
+    _, session = signed_up(http)
+    out = ok(
+        http.post(
+            f"{prefix}/user/refresh",
+            json=body(PUBLIC, deviceId=session["deviceId"], refreshToken=session["refreshToken"]),
+        )
+    )
+    fresh = out["data"]
+    assert set(fresh) == SESSION_KEYS
+    assert fresh["accessToken"] != session["accessToken"]
+    assert fresh["profileToken"] != session["profileToken"]
+    assert fresh["refreshToken"] == session["refreshToken"]
+    assert fresh["deviceId"] == session["deviceId"] and fresh["userId"] == session["userId"]
+    ok(profile(http, PUBLIC, fresh["accessToken"]))
+
+
+def test_refresh_refusals(http: httpx.Client) -> None:
+    _, session = signed_up(http)
+    refused(
+        http.post("/user/refresh", json=body(PUBLIC, deviceId=session["deviceId"])),
+        400,
+        "MISSING_FIELD",
+    )
+    refused(
+        http.post(
+            "/user/refresh",
+            json=body(PUBLIC, deviceId=session["deviceId"], refreshToken=str(uuid.uuid4())),
+        ),
+        401,
+        "INVALID_REFRESH_TOKEN",
+    )
+
+
+# ------------------------------------------------- app client with a secret
+def test_client_with_secret_runs_the_whole_lifecycle(http: httpx.Client, cognito: Cognito) -> None:
+    email = new_email()
+    assert register(http, SECRET, email, nickname="sec")["userConfirmed"] is True
+    session = login(http, SECRET, email)
+    assert ok(profile(http, SECRET, session["accessToken"]))["data"]["nickname"] == "sec"
+
+    # SECRET_HASH of a refresh is over Cognito's username, read from the bearer.
+    refresh = body(SECRET, deviceId=session["deviceId"], refreshToken=session["refreshToken"])
+    refused(http.post("/user/refresh", json=refresh), 401, "MISSING_BEARER_TOKEN")
+    fresh = ok(http.post("/user/refresh", json=refresh, headers=bearer(session["accessToken"])))[
+        "data"
+    ]
+    assert fresh["userId"] == session["userId"]
+
+    ok(http.put("/user/forgot-password", json=body(SECRET, {"email": email})))
+    code = cognito.user(cognito.b, email).confirmation_code
+    data = {"email": email, "confirmationCode": code, "password": NEW_PASSWORD}
+    ok(http.post("/user/confirm-forgot-password", json=body(SECRET, data)))
+    changed = login(http, SECRET, email, NEW_PASSWORD)
+
+    again = ok(
+        http.put(
+            "/user/change-password",
+            json=body(SECRET, {"password": PASSWORD, "previousPassword": NEW_PASSWORD}),
+            headers=bearer(changed["accessToken"]),
+        )
+    )["data"]
+    assert again["userId"] == session["userId"]
+    # The refresh token presented at logout is refused by hash from then on.
+    ok(
+        http.post(
+            "/user/logout",
+            json=body(SECRET, {"refreshToken": again["refreshToken"]}),
+            headers=bearer(again["accessToken"]),
+        )
+    )
+    refused(
+        http.post(
+            "/user/refresh",
+            json=body(SECRET, deviceId=again["deviceId"], refreshToken=again["refreshToken"]),
+            headers=bearer(again["accessToken"]),
+        ),
+        401,
+        "REFRESH_TOKEN_REVOKED",
+    )
+
+
+# ------------------------------------------------------------------- logout
+def test_logout_revokes_access_and_refresh_tokens_even_where_cognito_would_not(
+    http: httpx.Client, cognito: Cognito
+) -> None:
+    email, first = signed_up(http)
+    # change-password signs in again under Cognito's username (the sub); moto
+    # files that session under another name than the email login's, so its
+    # GlobalSignOut below leaves it alive: only this service can refuse it.
+    second = ok(
+        http.put(
+            "/user/change-password",
+            json=body(PUBLIC, {"password": NEW_PASSWORD, "previousPassword": PASSWORD}),
+            headers=bearer(first["accessToken"]),
+        )
+    )["data"]
+    time.sleep(1.01)  # both sessions strictly before the logout's second
+    out = ok(http.post("/v1/user/logout", json=body(PUBLIC), headers=bearer(first["accessToken"])))
+    assert out["message"] == "user logged out"
+
+    refused(profile(http, PUBLIC, first["accessToken"]), 401, "TOKEN_REVOKED")
+    refused(profile(http, PUBLIC, second["accessToken"]), 401, "TOKEN_REVOKED")
+    assert cognito.client.get_user(AccessToken=second["accessToken"])["Username"]
+    refused(
+        http.post("/user/logout", json=body(PUBLIC), headers=bearer(first["accessToken"])),
+        401,
+        "TOKEN_REVOKED",
+    )
+
+    refused(
+        http.post(
+            "/user/refresh",
+            json=body(PUBLIC, deviceId=second["deviceId"], refreshToken=second["refreshToken"]),
+        ),
+        401,
+        "REFRESH_TOKEN_REVOKED",
+    )
+    still = cognito.client.initiate_auth(
+        ClientId=cognito.a.client_id,
+        AuthFlow="REFRESH_TOKEN_AUTH",
+        AuthParameters={"REFRESH_TOKEN": second["refreshToken"]},
+    )
+    assert still["AuthenticationResult"]["AccessToken"]
+    refused(
+        http.post(
+            "/user/refresh",
+            json=body(PUBLIC, deviceId=first["deviceId"], refreshToken=first["refreshToken"]),
+        ),
+        401,
+        "INVALID_REFRESH_TOKEN",
+    )
+
+    # A new sign-in starts a new epoch: its tokens and refresh work again.
+    third = login(http, PUBLIC, email, NEW_PASSWORD)
+    ok(profile(http, PUBLIC, third["accessToken"]))
+    ok(
+        http.post(
+            "/user/refresh",
+            json=body(PUBLIC, deviceId=third["deviceId"], refreshToken=third["refreshToken"]),
+        )
+    )
+
+
+def test_logout_refuses_the_presented_token_at_once(http: httpx.Client) -> None:
+    _, session = signed_up(http)
+    ok(http.post("/user/logout", json=body(PUBLIC), headers=bearer(session["accessToken"])))
+    refused(profile(http, PUBLIC, session["accessToken"], "/v1"), 401, "TOKEN_REVOKED")
+
+
+# ------------------------------------------------------------ token trust
+def test_tokens_of_other_pools_clients_and_projects_are_refused(http: httpx.Client) -> None:
+    _, public = signed_up(http, PUBLIC)
+    _, other = signed_up(http, OTHER)
+    # Same emulator, same signing key: only iss tells these pools apart.
+    for project, token in ((PUBLIC, other), (OTHER, public)):
+        out = refused(profile(http, project, token["accessToken"]), 401, "INVALID_TOKEN")
+        assert "another user pool" in out["message"]
+    # Same pool, another app client: client_id tells them apart.
+    out = refused(profile(http, MANUAL, public["accessToken"]), 401, "INVALID_TOKEN")
+    assert "another app client" in out["message"]
+    ok(profile(http, PUBLIC, public["accessToken"]))
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "MISSING_BEARER_TOKEN"),
+        ({"Authorization": "Bearer not.a.jwt"}, "INVALID_TOKEN"),
+        ({"Authorization": "Basic abc"}, "MALFORMED_AUTHORIZATION"),
+    ],
+)
+def test_profile_needs_a_valid_bearer(
+    http: httpx.Client, headers: dict[str, str], reason: str
+) -> None:
+    refused(http.get("/user", params=query(PUBLIC), headers=headers), 401, reason)
+
+
+# ------------------------------------------------------------ Cognito down
+def test_unreachable_cognito_is_503_with_retry_info(http: httpx.Client) -> None:
+    started = time.monotonic()
+    out = refused(
+        http.put("/user/login", json=body(DOWN, {"email": new_email(), "password": PASSWORD})),
+        503,
+        "UPSTREAM_UNAVAILABLE",
+    )
+    assert retry_delay(out) == "1s"
+    _, session = signed_up(http)
+    out = refused(profile(http, DOWN, session["accessToken"]), 503, "UPSTREAM_UNAVAILABLE")
+    assert retry_delay(out)
+    assert time.monotonic() - started < 5
