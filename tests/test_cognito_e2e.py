@@ -9,17 +9,22 @@ one stack serves six projects on them:
   with AWS keys from ${ENV} references;
 - MANUAL: pool A again, another app client, no autoConfirm;
 - OTHER: pool C, a second pool on the same emulator (same signing key!);
-- DOWN: an endpoint and JWKS URL where nothing listens.
+- DOWN: an endpoint and JWKS URL where nothing listens;
+- STUB: a stand-in endpoint answering the Cognito errors moto never returns
+  (throttling, internal errors, unknown codes, slowness).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -33,7 +38,7 @@ from moto.server import ThreadedMotoServer
 from tests.harness import Stack, error_reason, free_port, start_stack
 
 REGION = "us-east-1"
-PUBLIC, SECRET, MANUAL, OTHER, DOWN = (str(uuid.uuid4()) for _ in range(5))
+PUBLIC, SECRET, MANUAL, OTHER, DOWN, STUB = (str(uuid.uuid4()) for _ in range(6))
 PASSWORD = "Passw0rd!one"
 NEW_PASSWORD = "Passw0rd!two"
 PREFIXES = ["/v1", ""]
@@ -118,6 +123,50 @@ def cognito() -> Iterator[Cognito]:
     server.stop()
 
 
+class ErrorStub:
+    """Answers every Cognito call with the error named by the username's
+    local part (`TooManyRequestsException@x.test`), with a message that
+    must never reach a client; `slow@...` answers too late instead."""
+
+    LEAK = "COGNITO-TEXT-MUST-NOT-LEAK"
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                call = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                username = call.get("Username") or call.get("AuthParameters", {}).get("USERNAME")
+                code = str(username).partition("@")[0]
+                if code == "slow":
+                    time.sleep(1.5)
+                payload = json.dumps({"__type": code, "message": ErrorStub.LEAK}).encode()
+                self.send_response(500 if code == "InternalErrorException" else 400)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[ErrorStub]:
+    server = ErrorStub()
+    yield server
+    server.stop()
+
+
 def settings(cognito: Cognito, pool: Pool, **extra: Any) -> dict[str, Any]:
     out = {
         "region": REGION,
@@ -134,7 +183,7 @@ def settings(cognito: Cognito, pool: Pool, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, db_url: str, cognito: Cognito
+    tmp_path_factory: pytest.TempPathFactory, db_url: str, cognito: Cognito, stub: ErrorStub
 ) -> Iterator[Stack]:
     dead = f"http://127.0.0.1:{free_port()}"
 
@@ -166,6 +215,11 @@ def stack(
                     "jwksUrl": f"{dead}/jwks.json",
                     "timeoutSeconds": 2,
                 },
+            ),
+            project(
+                STUB,
+                "stub",
+                {**settings(cognito, cognito.a), "endpointUrl": stub.url, "timeoutSeconds": 0.5},
             ),
         ]
     }
@@ -737,3 +791,38 @@ def test_unreachable_cognito_is_503_with_retry_info(http: httpx.Client) -> None:
     out = refused(profile(http, DOWN, session["accessToken"]), 503, "UPSTREAM_UNAVAILABLE")
     assert retry_delay(out)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "reason", "delay"),
+    [
+        ("TooManyRequestsException", 429, "TOO_MANY_REQUESTS", "1s"),
+        ("LimitExceededException", 429, "LIMIT_EXCEEDED", "60s"),
+        ("TooManyFailedAttemptsException", 429, "TOO_MANY_FAILED_ATTEMPTS", "30s"),
+        ("InternalErrorException", 503, "UPSTREAM_ERROR", "1s"),
+        ("slow", 503, "UPSTREAM_TIMEOUT", "1s"),
+        ("BrandNewException", 500, "UPSTREAM_ERROR", None),
+    ],
+)
+def test_errors_moto_cannot_produce(
+    http: httpx.Client, code: str, status: int, reason: str, delay: str | None
+) -> None:
+    data = {"email": f"{code}@example.com", "password": PASSWORD}
+    out = refused(http.put("/user/login", json=body(STUB, data)), status, reason)
+    assert ErrorStub.LEAK not in json.dumps(out)
+    if delay is None:
+        assert not [d for d in out["details"] if d["@type"].endswith("RetryInfo")]
+    else:
+        assert retry_delay(out) == delay
+
+
+def test_wrong_code_on_confirm_is_invalid_code(http: httpx.Client) -> None:
+    data = {
+        "email": "CodeMismatchException@example.com",
+        "confirmationCode": "123456",
+        "password": PASSWORD,
+    }
+    out = refused(
+        http.post("/user/confirm-forgot-password", json=body(STUB, data)), 400, "INVALID_CODE"
+    )
+    assert ErrorStub.LEAK not in json.dumps(out)
