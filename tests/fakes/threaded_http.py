@@ -80,10 +80,14 @@ class StubServer:
             else self.respond(method, parts.path, query, headers)
         )
         payload = json.dumps(body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", extra.pop("content-type", "application/json; charset=UTF-8"))
-        h.send_header("Content-Length", str(len(payload)))
-        for k, v in extra.items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(payload)
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", extra.pop("content-type", "application/json"))
+            h.send_header("Content-Length", str(len(payload)))
+            for k, v in extra.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller gave up first (slow mode exists to make it do so).
+            h.close_connection = True
