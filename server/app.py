@@ -39,7 +39,7 @@ class Settings:
     # How long SIGTERM waits for in-flight calls before cutting them.
     grace: float = 10.0
     # Time for Envoy's health checks to see NOT_SERVING before we stop.
-    drain_delay: float = 1.0
+    drain_delay: float = 2.0
     auto_migrate: bool = False
 
 

@@ -66,7 +66,7 @@ def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
         issuer=os.environ.get("IDENTIFY_ISSUER", "identify"),
         project_cache_ttl=float(os.environ.get("IDENTIFY_PROJECT_CACHE_TTL", "5")),
         grace=float(os.environ.get("IDENTIFY_SHUTDOWN_GRACE", "10")),
-        drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "1")),
+        drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "2")),
         auto_migrate=getattr(args, "migrate", False),
     )
 
@@ -144,6 +144,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         supervisor.shutdown()
         return 1
     print(_banner(args, url, ports, projects), flush=True)
+    log.info("envoy admin (stats, clusters) on http://%s", supervisor.admin_address())
     return supervisor.watch()
 
 

@@ -88,6 +88,9 @@ class Supervisor:
                 "1",
                 "--log-level",
                 envoy_log_level,
+                # The admin port is picked by the kernel; this file says which.
+                "--admin-address-path",
+                str(self._workdir / "admin-address"),
             ],
         )
         self._stopping = False
@@ -112,6 +115,10 @@ class Supervisor:
                 pass
             time.sleep(0.1)
         return False
+
+    def admin_address(self) -> str | None:
+        path = self._workdir / "admin-address"
+        return path.read_text().strip() if path.exists() else None
 
     def watch(self) -> int:
         """Keep the children up until asked to stop; return the exit code."""

@@ -1,0 +1,144 @@
+"""Faults survived, through the edge: a server process killed or stopped
+under load, and PostgreSQL restarted under load."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests import pgcluster
+from tests.harness import Stack, error_reason, start_stack
+
+PROJECT = str(uuid.uuid4())
+CONFIG = {"projects": [{"id": PROJECT, "name": "faults", "providers": {"anonymous": {}}}]}
+CLIENTS = 4
+
+
+class Load:
+    """A few clients signing devices in through the edge until stopped."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.outcomes: list[tuple[float, int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.stack.http, timeout=15) as http:
+            while not self._stop.is_set():
+                body = {
+                    "projectId": PROJECT,
+                    "provider": "anonymous",
+                    "data": {"deviceId": str(uuid.uuid4())},
+                }
+                try:
+                    reply = http.put("/v1/user/login", json=body)
+                    reason = None if reply.status_code == 200 else error_reason(reply.json())
+                    self.outcomes.append((time.monotonic(), reply.status_code, reason))
+                except httpx.HTTPError as exc:
+                    self.outcomes.append((time.monotonic(), 0, type(exc).__name__))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(20)
+
+    def codes(self, since: float = 0.0) -> Counter[int]:
+        return Counter(code for at, code, _ in self.outcomes if at >= since)
+
+
+def worker_pids(stack: Stack) -> dict[int, int]:
+    """grpc port -> pid of each server process under `identify up`."""
+    found = {}
+    for task in pathlib.Path(f"/proc/{stack.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"serve" in argv:
+                found[int(argv[argv.index(b"--grpc-port") + 1])] = int(pid)
+    return found
+
+
+@pytest.fixture
+def two_workers(tmp_path: pathlib.Path, db_url: str) -> Iterator[Stack]:
+    s = start_stack(tmp_path, CONFIG, db_url=db_url, workers=2, env={"IDENTIFY_DRAIN_DELAY": "1.5"})
+    yield s
+    s.stop()
+
+
+def test_killed_server_process_costs_only_its_in_flight_calls(two_workers: Stack) -> None:
+    with Load(two_workers) as load:
+        time.sleep(1.5)
+        victim = worker_pids(two_workers)[int(two_workers.grpc_targets[0].rsplit(":", 1)[1])]
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(4)
+    codes = load.codes()
+    failures = sum(n for code, n in codes.items() if code != 200)
+    assert codes[200] > 50, codes
+    # At most the calls that were on the dead process when it died.
+    assert failures <= CLIENTS, codes
+    # The supervisor brought the process back.
+    assert victim not in worker_pids(two_workers).values()
+    assert len(worker_pids(two_workers)) == 2
+
+
+def test_sigterm_to_one_server_under_load_loses_nothing(two_workers: Stack) -> None:
+    with Load(two_workers) as load:
+        time.sleep(1.5)
+        port = int(two_workers.grpc_targets[1].rsplit(":", 1)[1])
+        os.kill(worker_pids(two_workers)[port], signal.SIGTERM)
+        time.sleep(4)
+    codes = load.codes()
+    assert set(codes) == {200}, codes
+    assert codes[200] > 50
+    assert "server-1 exited with 0" in two_workers.log_text()
+
+
+def _pg_required() -> None:
+    if pgcluster.binaries() is None:
+        if os.environ.get("IDENTIFY_TEST_POSTGRES_URL"):
+            pytest.fail("PostgreSQL server binaries are needed for the restart test")
+        pytest.skip("no PostgreSQL server binaries on this machine")
+
+
+def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.Path) -> None:
+    _pg_required()
+    cluster = pgcluster.Cluster().init()
+    cluster.start()
+    stack = start_stack(tmp_path / "stack", CONFIG, db_url=cluster.url, workers=2)
+    try:
+        with Load(stack) as load:
+            time.sleep(1.5)
+            cluster.stop()
+            down_at = time.monotonic()
+            time.sleep(2.0)
+            cluster.start()
+            cluster.wait_ready()
+            up_at = time.monotonic()
+            time.sleep(4.0)
+        during = [(c, r) for at, c, r in load.outcomes if down_at + 0.5 < at < up_at]
+        after = [c for at, c, _ in load.outcomes if at > up_at + 2.5]
+        assert during, "no calls were made while PostgreSQL was down"
+        assert {c for c, _ in during} <= {200, 503}, Counter(during)
+        assert {r for c, r in during if c == 503} <= {"STORE_UNAVAILABLE"}
+        assert 503 in {c for c, _ in during}
+        # Recovered on its own, without a restart of Identify.
+        assert after and set(after) == {200}, Counter(after)
+        assert not any(c == 500 for _, c, _ in load.outcomes)
+    finally:
+        stack.stop()
+        cluster.stop()
+        cluster.remove()
