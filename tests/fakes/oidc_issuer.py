@@ -336,6 +336,14 @@ class FakeIssuer:
             changes = None
         if not isinstance(changes, dict):
             return 400, {"statusCode": 400, "error": "Bad Request", "message": "Invalid JSON"}
+        username = changes.get("username")
+        if username is not None and (not isinstance(username, str) or " " in username):
+            return 400, {
+                "statusCode": 400,
+                "error": "Bad Request",
+                "message": "Payload validation error: 'String does not match pattern'",
+                "errorCode": "invalid_body",
+            }
         with self._lock:
             user = self.auth0_users.get(user_id)
             if user is None:
