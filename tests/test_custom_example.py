@@ -10,6 +10,7 @@ import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -93,10 +94,16 @@ def test_example_provider_refuses_unknown_keys(stack: Stack) -> None:
 def test_example_settings_are_checked_at_load() -> None:
     sys.path.insert(0, str(EXAMPLE))
     try:
-        from identify_apikeys import ApiKeyProvider
+        from identify_apikeys import ApiKeyProvider  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(EXAMPLE))
-    for bad in ({}, {"keys": {}}, {"keys": {"a": "not-hex"}}, {"keys": {"bad name": "0" * 64}}):
+    bad_settings: list[dict[str, Any]] = [
+        {},
+        {"keys": {}},
+        {"keys": {"a": "not-hex"}},
+        {"keys": {"bad name": "0" * 64}},
+    ]
+    for bad in bad_settings:
         with pytest.raises(ValueError):
             ApiKeyProvider.validate_settings(bad)
     ApiKeyProvider.validate_settings({"keys": {"lobby": "0" * 64}})

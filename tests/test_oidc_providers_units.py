@@ -98,12 +98,13 @@ def test_google_settings() -> None:
     assert cfg.audiences == ("web.apps.googleusercontent.com",)
     assert cfg.jwks_uri == "https://www.googleapis.com/oauth2/v3/certs"
     assert cfg.algorithms == ("RS256",)
-    for bad in (
+    bad_settings: list[dict[str, Any]] = [
         {},
         {"clientIds": []},
         {"clientIds": ["a"], "algorithms": ["ES256"]},
         {"clientIds": ["a"], "certsUrl": "http://certs.example.test/"},
-    ):
+    ]
+    for bad in bad_settings:
         with pytest.raises(ValueError):
             GoogleProvider.validate_settings(bad)
 

@@ -42,7 +42,9 @@ class ApiKeyProvider(Provider):
 
     def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
         super().__init__(settings, ctx)
-        self._keys = {name: bytes.fromhex(digest) for name, digest in settings["keys"].items()}
+        self._keys: dict[str, bytes] = {
+            name: bytes.fromhex(digest) for name, digest in settings["keys"].items()
+        }
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> None:
@@ -83,7 +85,7 @@ class ApiKeyProvider(Provider):
         digest = hashlib.sha256(key.encode()).digest()
         # Compare against every entry so the time taken does not tell which
         # names exist.
-        found = None
+        found: str | None = None
         for name, expected in self._keys.items():
             if hmac.compare_digest(digest, expected):
                 found = name

@@ -141,8 +141,7 @@ class FakeIssuer:
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.jwks_path = jwks_path
         self.jwks_url = self.base_url + jwks_path
         self.issuer = issuer or self.base_url + "/"
