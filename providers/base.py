@@ -253,6 +253,14 @@ class Accounts(Protocol):
 
     async def is_token_revoked(self, token: str) -> bool: ...
 
+    async def remember_token(self, token: str, *, expires_at: int) -> None:
+        """Record that we handed out this opaque token (e.g. a refresh token,
+        possibly bound to other values in the string), until `expires_at`.
+        Stored as a hash."""
+        ...
+
+    async def is_token_remembered(self, token: str) -> bool: ...
+
 
 class ProviderContext(Protocol):
     accounts: Accounts

@@ -364,19 +364,18 @@ class CognitoProvider(Provider):
     # Refresh tokens are opaque, and a logout cannot list the ones issued
     # before it. So each one this service hands out is recorded together with
     # the user's logout epoch (valid_after) at that time; a logout moves the
-    # epoch, and every earlier record stops matching. The record lives in the
-    # store's set of token hashes (the one revocations use), namespaced.
+    # epoch, and every earlier record stops matching.
     def _refresh_marker(self, refresh: str, user: User) -> str:
         return f"{self.name}:refresh-issued:{user.user_id}:{user.valid_after}:{refresh}"
 
     async def _remember_refresh_token(self, refresh: str, user: User) -> None:
-        await self.ctx.accounts.revoke_token(
+        await self.ctx.accounts.remember_token(
             self._refresh_marker(refresh, user),
             expires_at=self.ctx.now() + self._cfg.refresh_token_validity,
         )
 
     async def _refresh_token_is_current(self, refresh: str, user: User) -> bool:
-        return await self.ctx.accounts.is_token_revoked(self._refresh_marker(refresh, user))
+        return await self.ctx.accounts.is_token_remembered(self._refresh_marker(refresh, user))
 
 
 def _device_id(req: Request) -> str | None:

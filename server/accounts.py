@@ -12,6 +12,7 @@ from providers.base import JSON, Device, ProfileView, Session, UpstreamTokens, U
 from server import tokens
 from server.clock import now
 from server.store import repo
+from server.store.schema import issued_tokens, revoked_tokens
 
 
 class ScopedAccounts:
@@ -151,12 +152,24 @@ class ScopedAccounts:
         return updated
 
     async def revoke_token(self, token: str, *, expires_at: int) -> None:
-        await repo.revoke_token(
-            self._engine, self._project_id, tokens.token_hash(token), expires_at
+        await repo.add_token_hash(
+            self._engine, revoked_tokens, self._project_id, tokens.token_hash(token), expires_at
         )
 
     async def is_token_revoked(self, token: str) -> bool:
-        return await repo.is_token_revoked(self._engine, self._project_id, tokens.token_hash(token))
+        return await repo.has_token_hash(
+            self._engine, revoked_tokens, self._project_id, tokens.token_hash(token), now()
+        )
+
+    async def remember_token(self, token: str, *, expires_at: int) -> None:
+        await repo.add_token_hash(
+            self._engine, issued_tokens, self._project_id, tokens.token_hash(token), expires_at
+        )
+
+    async def is_token_remembered(self, token: str) -> bool:
+        return await repo.has_token_hash(
+            self._engine, issued_tokens, self._project_id, tokens.token_hash(token), now()
+        )
 
     def _own(self, user: User) -> None:
         # A provider bug must not be able to write into another tenant.

@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from providers.registry import Registry
 from server.accounts import ScopedAccounts
+from server.clock import now
 from server.context import Context
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
-from server.store import db
+from server.store import db, repo
 
 log = logging.getLogger(__name__)
 SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
@@ -62,6 +63,18 @@ class Service:
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def _purge_expired(self, every: float = 600.0) -> None:
+        # Every process does it; the DELETE is idempotent and cheap.
+        while True:
+            await asyncio.sleep(every)
+            try:
+                removed = await repo.purge_expired_tokens(self.engine, now())
+                if removed:
+                    log.info("purged %d expired token records", removed)
+            except Exception:
+                log.warning("purging expired token records failed", exc_info=True)
 
     def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
         accounts = ScopedAccounts(
@@ -104,9 +117,12 @@ class Service:
         self.server = server
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._housekeeping = asyncio.create_task(self._purge_expired())
         return port
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self.server is not None:
             # Tell the edge first, so new calls go elsewhere while these drain.
             await self.health.enter_graceful_shutdown()

@@ -89,7 +89,7 @@ def test_migrate_then_refuse_unknown_schema(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
     out = identify("migrate", "--db", url)
     assert out.returncode == 0, out.stderr
-    assert "empty -> 0001" in out.stdout
+    assert "empty -> 0002" in out.stdout
 
     async def stamp() -> None:
         engine = create_engine(url)
@@ -111,3 +111,31 @@ def test_database_url_forms() -> None:
     assert "pw" not in pg.redacted()
     with pytest.raises(ValueError):
         DatabaseUrl.parse("nonsense")
+
+
+def test_older_schema_is_refused_until_migrated(tmp_path: pathlib.Path) -> None:
+    from alembic import command
+
+    from server.store import db
+
+    url = f"sqlite:///{tmp_path}/old.db"
+
+    async def upgrade_to_first() -> None:
+        engine = create_engine(url)
+
+        def run(conn: sa.Connection) -> None:
+            cfg = db._alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+
+        async with engine.begin() as conn:
+            await conn.run_sync(run)
+        await engine.dispose()
+
+    asyncio.run(upgrade_to_first())
+    config = write_config(tmp_path, {"anonymous": {}})
+    refused = identify("serve", "--config", str(config), "--db", url)
+    assert refused.returncode == 2
+    assert "older than this build" in refused.stderr and "identify migrate" in refused.stderr
+    migrated = identify("migrate", "--db", url)
+    assert migrated.returncode == 0 and "0001 -> 0002" in migrated.stdout

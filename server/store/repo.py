@@ -13,7 +13,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from providers.base import Device, User
-from server.store.schema import devices, logins, projects, revoked_tokens, signing_keys, users
+from server.store.schema import (
+    devices,
+    issued_tokens,
+    logins,
+    projects,
+    revoked_tokens,
+    signing_keys,
+    users,
+)
 
 LOGIN_HISTORY = 50
 
@@ -307,37 +315,39 @@ async def profile_rows(
     return found, sorted(history)
 
 
-# ------------------------------------------------------------- revocations
-async def revoke_token(
-    engine: AsyncEngine, project_id: str, token_hash: str, expires_at: int
+# ------------------------------------------------- revoked and issued tokens
+async def add_token_hash(
+    engine: AsyncEngine, table: sa.Table, project_id: str, token_hash: str, expires_at: int
 ) -> None:
     async with engine.begin() as conn:
         stmt = (
-            _insert(conn, revoked_tokens)
+            _insert(conn, table)
             .values(project_id=project_id, token_hash=token_hash, expires_at=expires_at)
-            .on_conflict_do_nothing(
-                index_elements=[revoked_tokens.c.project_id, revoked_tokens.c.token_hash]
-            )
+            .on_conflict_do_nothing(index_elements=[table.c.project_id, table.c.token_hash])
         )
         await conn.execute(stmt)
 
 
-async def is_token_revoked(engine: AsyncEngine, project_id: str, token_hash: str) -> bool:
+async def has_token_hash(
+    engine: AsyncEngine, table: sa.Table, project_id: str, token_hash: str, now: int
+) -> bool:
     async with engine.connect() as conn:
         row = (
             await conn.execute(
-                sa.select(revoked_tokens.c.expires_at).where(
-                    revoked_tokens.c.project_id == project_id,
-                    revoked_tokens.c.token_hash == token_hash,
+                sa.select(table.c.expires_at).where(
+                    table.c.project_id == project_id,
+                    table.c.token_hash == token_hash,
+                    table.c.expires_at >= now,
                 )
             )
         ).first()
     return row is not None
 
 
-async def purge_expired_revocations(engine: AsyncEngine, now: int) -> int:
+async def purge_expired_tokens(engine: AsyncEngine, now: int) -> int:
+    removed = 0
     async with engine.begin() as conn:
-        result = await conn.execute(
-            revoked_tokens.delete().where(revoked_tokens.c.expires_at < now)
-        )
-    return int(result.rowcount or 0)
+        for table in (revoked_tokens, issued_tokens):
+            result = await conn.execute(table.delete().where(table.c.expires_at < now))
+            removed += int(result.rowcount or 0)
+    return removed

@@ -87,6 +87,17 @@ revoked_tokens = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "token_hash"),
 )
 
+issued_tokens = sa.Table(
+    "issued_tokens",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    # SHA-256 of what a provider asked us to remember (e.g. a refresh token
+    # bound to the user's logout epoch).
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "token_hash"),
+)
+
 signing_keys = sa.Table(
     "signing_keys",
     metadata,
