@@ -10,6 +10,7 @@ and `Accounts` below, never through `server.*` imports.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -385,6 +386,31 @@ def canonical_uuid(value: str, *, field_name: str, reason: str = "INVALID_UUID")
         raise InvalidArgument(
             reason, f"{field_name} must be a UUID", metadata={"field": field_name}
         ) from None
+
+
+APP_PROFILE_MAX_BYTES = 16 * 1024
+
+
+def app_profile_arg(data: Mapping[str, Any]) -> JSON | None:
+    """data.appProfile: a JSON object of at most 16 KiB (compact UTF-8 JSON),
+    or None when absent. The same rule for every provider that stores one."""
+    if data.get("appProfile") is None:
+        return None
+    profile = data["appProfile"]
+    if not isinstance(profile, dict):
+        raise InvalidArgument(
+            "APP_PROFILE_NOT_OBJECT",
+            "data.appProfile must be a JSON object",
+            metadata={"field": "appProfile"},
+        )
+    size = len(json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > APP_PROFILE_MAX_BYTES:
+        raise InvalidArgument(
+            "APP_PROFILE_TOO_LARGE",
+            f"data.appProfile is {size} bytes; the limit is {APP_PROFILE_MAX_BYTES}",
+            metadata={"field": "appProfile", "limit": str(APP_PROFILE_MAX_BYTES)},
+        )
+    return profile
 
 
 async def guarded(awaitable: Awaitable[T]) -> T:

@@ -4,39 +4,20 @@ replacing the user's appProfile. Replies are flat, as documented."""
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 
 from providers.base import (
-    JSON,
     InvalidArgument,
     NotFound,
     Provider,
     Reply,
     Request,
     User,
+    app_profile_arg,
 )
 
-APP_PROFILE_LIMIT = 16 * 1024
 _EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
-
-
-def check_app_profile(value: object) -> JSON:
-    if not isinstance(value, dict):
-        raise InvalidArgument(
-            "APP_PROFILE_NOT_OBJECT",
-            "appProfile must be a JSON object",
-            metadata={"field": "appProfile"},
-        )
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > APP_PROFILE_LIMIT:
-        raise InvalidArgument(
-            "APP_PROFILE_TOO_LARGE",
-            f"appProfile is {size} bytes; the limit is {APP_PROFILE_LIMIT}",
-            metadata={"field": "appProfile", "limit": str(APP_PROFILE_LIMIT)},
-        )
-    return value
 
 
 class NoLoginProvider(Provider):
@@ -61,9 +42,7 @@ class NoLoginProvider(Provider):
         return user
 
     async def create_user(self, req: Request) -> Reply:
-        app_profile = None
-        if "appProfile" in req.data:
-            app_profile = check_app_profile(req.data["appProfile"])
+        app_profile = app_profile_arg(req.data)
         # The subject is random: a noLogin user has no identity elsewhere.
         user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()))
         if app_profile is not None:
@@ -79,11 +58,11 @@ class NoLoginProvider(Provider):
         )
 
     async def update_user(self, req: Request) -> Reply:
-        if "appProfile" not in req.data:
+        app_profile = app_profile_arg(req.data)
+        if app_profile is None:
             raise InvalidArgument(
                 "MISSING_FIELD", "data.appProfile is required", metadata={"field": "appProfile"}
             )
-        app_profile = check_app_profile(req.data["appProfile"])
         user = await self._user(req)
         user = await self.ctx.accounts.update_user(user, app_profile=app_profile)
         return Reply(

@@ -19,7 +19,6 @@ top; it writes only how it differs.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from providers.base import (
     Reply,
     Request,
     User,
+    app_profile_arg,
     canonical_uuid,
     guarded,
     optional_str,
@@ -51,7 +51,6 @@ from providers.upstream import rate_limited, reject_unknown, upstream_error
 
 log = logging.getLogger(__name__)
 
-APP_PROFILE_MAX_BYTES = 16 * 1024
 USERNAME_MAX_CHARS = 128
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,63}$")
 
@@ -242,27 +241,6 @@ class OidcProvider(Provider):
             log.warning("%s userinfo answered for another subject; ignored", self.name)
             return claims
         return {**claims, **info}
-
-
-def app_profile_arg(data: Mapping[str, Any]) -> JSON | None:
-    """data.appProfile: a JSON object of at most 16 KiB, or absent."""
-    if data.get("appProfile") is None:
-        return None
-    profile = data["appProfile"]
-    if not isinstance(profile, dict):
-        raise InvalidArgument(
-            "APP_PROFILE_NOT_OBJECT",
-            "data.appProfile must be a JSON object",
-            metadata={"field": "appProfile"},
-        )
-    size = len(json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > APP_PROFILE_MAX_BYTES:
-        raise InvalidArgument(
-            "APP_PROFILE_TOO_LARGE",
-            f"data.appProfile is larger than {APP_PROFILE_MAX_BYTES} bytes",
-            metadata={"field": "appProfile", "limit": str(APP_PROFILE_MAX_BYTES)},
-        )
-    return profile
 
 
 def retry_after_header(headers: Mapping[str, str]) -> float:

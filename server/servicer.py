@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 MAX_ID_LEN = 512
+MAX_TOKEN_LEN = 16384
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _bearer(context: Ctx) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value if isinstance(value, str) else value.decode()
@@ -56,6 +58,13 @@ def _bearer(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message) if message.fields else {}
+
+
+def _bounded_token(value: str, field: str) -> str | None:
+    # Tokens are longer than ids, but a 1 MiB "token" is not one.
+    if len(value) > MAX_TOKEN_LEN:
+        raise InvalidArgument("FIELD_TOO_LONG", f"{field} is too long", metadata={"field": field})
+    return value or None
 
 
 def _bounded(value: str, field: str) -> str | None:
@@ -131,7 +140,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
 
     async def _run(
         self,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Ctx,
         work: Callable[[], Awaitable[R]],
     ) -> R:
         request_id = request_id_var.get()
@@ -168,7 +177,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
 
     async def _dispatch(
         self,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Ctx,
         *,
         project_id: str,
         provider: str,
@@ -204,177 +213,145 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         return out
 
     @staticmethod
-    def _session_reply(session: Session, message: str) -> pb.SessionReply:
-        data = pb.Session(
-            device_id=session.device_id,
-            time_stamp=session.time_stamp,
-            signature=session.signature,
-            external_id=session.external_id,
-            user_id=session.user_id,
-            profile_token=session.profile_token,
-            sign_up=session.sign_up,
-        )
-        if session.access_token is not None:
-            data.access_token = session.access_token
-        if session.refresh_token is not None:
-            data.refresh_token = session.refresh_token
-        return pb.SessionReply(result=1, message=message, data=data)
+    def _session_reply(message: str) -> Callable[[Request, Session], pb.SessionReply]:
+        def wrap(_req: Request, session: Session) -> pb.SessionReply:
+            data = pb.Session(
+                device_id=session.device_id,
+                time_stamp=session.time_stamp,
+                signature=session.signature,
+                external_id=session.external_id,
+                user_id=session.user_id,
+                profile_token=session.profile_token,
+                sign_up=session.sign_up,
+            )
+            if session.access_token is not None:
+                data.access_token = session.access_token
+            if session.refresh_token is not None:
+                data.refresh_token = session.refresh_token
+            return pb.SessionReply(result=1, message=message, data=data)
 
-    async def _user_call(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any], operation: str
-    ) -> tuple[Request, Any]:
-        data = _struct_to_dict(request.data)
-        return await self._dispatch(
-            context,
-            project_id=request.project_id,
-            provider=request.provider,
-            strategy=request.strategy,
-            operation=operation,
-            data=data,
-            external_id=_bounded(request.external_id, "externalId"),
-            device_id=_bounded(request.device_id, "deviceId"),
-        )
+        return wrap
+
+    async def _serve(
+        self,
+        context: Ctx,
+        request: Any,
+        operation: str,
+        wrap: Callable[[Request, Any], R],
+        fields: Callable[[], dict[str, Any]],
+    ) -> R:
+        """The four steps every RPC shares; `fields` reads the RPC's own
+        fields, inside the error handling so their validation maps too."""
+
+        async def work() -> R:
+            req, result = await self._dispatch(
+                context,
+                project_id=request.project_id,
+                provider=request.provider,
+                strategy=request.strategy,
+                operation=operation,
+                **fields(),
+            )
+            return wrap(req, result)
+
+        return await self._run(context, work)
+
+    @staticmethod
+    def _body(request: pb.UserRequest) -> Callable[[], dict[str, Any]]:
+        return lambda: {
+            "data": _struct_to_dict(request.data),
+            "external_id": _bounded(request.external_id, "externalId"),
+            "device_id": _bounded(request.device_id, "deviceId"),
+        }
 
     # ---------------------------------------------------------------- RPCs
-    async def CreateUser(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._user_call(request, context, "create_user")
-            return self._user_reply(req, reply)
+    async def CreateUser(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context, request, "create_user", self._user_reply, self._body(request)
+        )
 
-        return await self._run(context, work)
+    async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context,
+            request,
+            "get_user",
+            self._user_reply,
+            lambda: {"external_id": _bounded(request.external_id, "externalId")},
+        )
 
-    async def GetUser(
-        self, request: pb.GetUserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._dispatch(
-                context,
-                project_id=request.project_id,
-                provider=request.provider,
-                strategy=request.strategy,
-                operation="get_user",
-                external_id=_bounded(request.external_id, "externalId"),
-            )
-            return self._user_reply(req, reply)
+    async def UpdateUser(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context, request, "update_user", self._user_reply, self._body(request)
+        )
 
-        return await self._run(context, work)
+    async def Login(self, request: pb.UserRequest, context: Ctx) -> pb.SessionReply:
+        return await self._serve(
+            context, request, "login", self._session_reply("OK"), self._body(request)
+        )
 
-    async def UpdateUser(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._user_call(request, context, "update_user")
-            return self._user_reply(req, reply)
-
-        return await self._run(context, work)
-
-    async def Login(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SessionReply:
-        async def work() -> pb.SessionReply:
-            _, session = await self._user_call(request, context, "login")
-            return self._session_reply(session, "OK")
-
-        return await self._run(context, work)
-
-    async def CheckUser(
-        self, request: pb.CheckUserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._dispatch(
-                context,
-                project_id=request.project_id,
-                provider=request.provider,
-                strategy=request.strategy,
-                operation="check_user",
-                device_id=_bounded(request.device_id, "deviceId"),
-            )
-            return self._user_reply(req, reply)
-
-        return await self._run(context, work)
+    async def CheckUser(self, request: pb.CheckUserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context,
+            request,
+            "check_user",
+            self._user_reply,
+            lambda: {"device_id": _bounded(request.device_id, "deviceId")},
+        )
 
     async def CheckUserNonstandard(
-        self,
-        request: pb.CheckUserNonstandardRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, request: pb.CheckUserNonstandardRequest, context: Ctx
     ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            if len(request.access_token) > 16384:
-                raise InvalidArgument("FIELD_TOO_LONG", "accessToken is too long")
-            req, reply = await self._dispatch(
-                context,
-                project_id=request.project_id,
-                provider=request.provider,
-                strategy=request.strategy,
-                operation="check_user_nonstandard",
-                user_id=_bounded(request.user_id, "userId"),
-                access_token=request.access_token or None,
-                device_id=_bounded(request.device_id, "deviceId"),
-            )
-            return self._user_reply(req, reply)
+        return await self._serve(
+            context,
+            request,
+            "check_user_nonstandard",
+            self._user_reply,
+            lambda: {
+                "user_id": _bounded(request.user_id, "userId"),
+                "access_token": _bounded_token(request.access_token, "accessToken"),
+                "device_id": _bounded(request.device_id, "deviceId"),
+            },
+        )
 
-        return await self._run(context, work)
+    async def ChangePassword(self, request: pb.UserRequest, context: Ctx) -> pb.SessionReply:
+        return await self._serve(
+            context,
+            request,
+            "change_password",
+            self._session_reply("password has been updated"),
+            self._body(request),
+        )
 
-    async def ChangePassword(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SessionReply:
-        async def work() -> pb.SessionReply:
-            _, session = await self._user_call(request, context, "change_password")
-            return self._session_reply(session, "password has been updated")
+    async def ForgotPassword(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context, request, "forgot_password", self._user_reply, self._body(request)
+        )
 
-        return await self._run(context, work)
-
-    async def ForgotPassword(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._user_call(request, context, "forgot_password")
-            return self._user_reply(req, reply)
-
-        return await self._run(context, work)
-
-    async def ConfirmForgotPassword(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._user_call(request, context, "confirm_forgot_password")
-            return self._user_reply(req, reply)
-
-        return await self._run(context, work)
+    async def ConfirmForgotPassword(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(
+            context, request, "confirm_forgot_password", self._user_reply, self._body(request)
+        )
 
     async def RefreshSession(
-        self, request: pb.RefreshSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.RefreshSessionRequest, context: Ctx
     ) -> pb.SessionReply:
-        async def work() -> pb.SessionReply:
-            if len(request.refresh_token) > 16384:
-                raise InvalidArgument("FIELD_TOO_LONG", "refreshToken is too long")
-            _, session = await self._dispatch(
-                context,
-                project_id=request.project_id,
-                provider=request.provider,
-                strategy=request.strategy,
-                operation="refresh_session",
-                data=_struct_to_dict(request.data),
-                device_id=_bounded(request.device_id, "deviceId"),
-                refresh_token=request.refresh_token or None,
-            )
-            return self._session_reply(session, "OK")
+        return await self._serve(
+            context,
+            request,
+            "refresh_session",
+            self._session_reply("OK"),
+            lambda: {
+                "data": _struct_to_dict(request.data),
+                "device_id": _bounded(request.device_id, "deviceId"),
+                "refresh_token": _bounded_token(request.refresh_token, "refreshToken"),
+            },
+        )
 
-        return await self._run(context, work)
-
-    async def Logout(
-        self, request: pb.UserRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UserReply:
-        async def work() -> pb.UserReply:
-            req, reply = await self._user_call(request, context, "logout")
-            return self._user_reply(req, reply)
-
-        return await self._run(context, work)
+    async def Logout(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
+        return await self._serve(context, request, "logout", self._user_reply, self._body(request))
 
     async def VerifySignature(
-        self, request: pb.VerifySignatureRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.VerifySignatureRequest, context: Ctx
     ) -> pb.VerifySignatureReply:
         async def work() -> pb.VerifySignatureReply:
             try:
@@ -411,9 +388,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
 
         return await self._run(context, work)
 
-    async def GetJwks(
-        self, request: pb.GetJwksRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.Jwks:
+    async def GetJwks(self, request: pb.GetJwksRequest, context: Ctx) -> pb.Jwks:
         async def work() -> pb.Jwks:
             signer = await self._keys.signer()
             return pb.Jwks(keys=[pb.Jwk(**key) for key in signer.jwks(now())])
