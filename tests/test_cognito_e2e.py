@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -230,7 +231,8 @@ def stack(
         "COGNITO_TEST_KEY_ID": "testing",
         "COGNITO_TEST_SECRET_KEY": "testing",
     }
-    s = start_stack(tmp_path_factory.mktemp("cognito"), config, env=env, db_url=db_url)
+    # Two server processes: a logout handled by one must bind the other.
+    s = start_stack(tmp_path_factory.mktemp("cognito"), config, env=env, db_url=db_url, workers=2)
     yield s
     assert s.stop() == 0, s.log_text()
 
@@ -407,6 +409,31 @@ def test_register_twice_is_409(http: httpx.Client) -> None:
         "USER_ALREADY_EXISTS",
     )
     assert email not in out["message"]
+
+
+def test_simultaneous_registrations_of_one_email_make_one_user(
+    stack: Stack, cognito: Cognito
+) -> None:
+    email = new_email()
+
+    def attempt(_: int) -> int:
+        with stack.client() as client:
+            data = {"email": email, "password": PASSWORD}
+            return client.post("/v1/user", json=body(PUBLIC, data)).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(attempt, range(8)))
+    assert codes == [200] + [409] * 7, codes
+    found = cognito.client.list_users(UserPoolId=cognito.a.id, Filter=f'email = "{email}"')
+    assert len(found["Users"]) == 1
+
+
+def test_logout_through_one_process_binds_every_process(http: httpx.Client) -> None:
+    _, session = signed_up(http)
+    ok(http.post("/user/logout", json=body(PUBLIC), headers=bearer(session["accessToken"])))
+    # Envoy spreads these over both server processes.
+    codes = {profile(http, PUBLIC, session["accessToken"]).status_code for _ in range(8)}
+    assert codes == {401}
 
 
 def test_wrong_password_and_unknown_user_look_the_same(http: httpx.Client) -> None:
