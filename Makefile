@@ -24,7 +24,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check server providers tests scripts bench
+	$(BIN)/ruff format --check .
 	$(MAKE) typecheck
 
 typecheck: setup
