@@ -124,6 +124,15 @@ def _banner(
     return "\n".join(lines)
 
 
+def _cors_origins(args: argparse.Namespace) -> list[str]:
+    given = args.cors_origin or os.environ.get("IDENTIFY_CORS_ORIGINS", "").split(",")
+    origins = [o.strip().rstrip("/") for o in given if o.strip()]
+    for origin in origins:
+        if not origin.startswith(("https://", "http://")) or origin.count("/") != 2:
+            raise ValueError(f"CORS origin must look like https://app.example.com, got {origin!r}")
+    return origins
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from server.supervisor import Supervisor, default_workers, worker_command
 
@@ -137,6 +146,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         backends=[edge.Backend(args.host, p) for p in ports],
         listen_address=args.listen_address,
+        cors_origins=_cors_origins(args),
     )
     supervisor.start()
     if not supervisor.wait_healthy(timeout=args.start_timeout):
@@ -160,6 +170,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
             backends=backends,
             listen_address=args.listen_address,
             descriptor=pathlib.Path(args.descriptor) if args.descriptor else edge.DESCRIPTOR,
+            cors_origins=_cors_origins(args),
         )
     )
     return 0
@@ -200,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-address", default="127.0.0.1", help="address Envoy listens on")
     up.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
     up.add_argument("--start-timeout", type=float, default=30.0)
+    up.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser origin allowed to call the REST API (repeatable; IDENTIFY_CORS_ORIGINS)",
+    )
     up.set_defaults(func=cmd_up)
 
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
@@ -217,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument(
         "--backend", action="append", metavar="HOST:PORT", help="a gRPC backend (repeatable)"
     )
+    env.add_argument("--cors-origin", action="append", metavar="ORIGIN")
     env.set_defaults(func=cmd_envoy_config)
 
     mig = sub.add_parser("migrate", help="apply database migrations")

@@ -93,10 +93,28 @@ def _mappers() -> list[dict[str, object]]:
     return mappers
 
 
+def _cors(origins: Sequence[str]) -> dict[str, object]:
+    if not origins:
+        return {}
+    return {
+        "envoy.filters.http.cors": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+            "allow_origin_string_match": [{"exact": origin} for origin in origins],
+            "allow_methods": "GET, POST, PUT, OPTIONS",
+            "allow_headers": "authorization, content-type, x-request-id",
+            "expose_headers": "x-request-id, grpc-status, grpc-message",
+            "max_age": "600",
+            # Bearer tokens travel in a header, never in cookies.
+            "allow_credentials": False,
+        }
+    }
+
+
 def render(
     *,
     http_port: int,
     backends: Sequence[Backend],
+    cors_origins: Sequence[str] = (),
     admin_port: int = 0,
     listen_address: str = "127.0.0.1",
     descriptor: pathlib.Path = DESCRIPTOR,
@@ -118,5 +136,6 @@ def render(
         max_body_bytes=max_body_bytes,
         endpoints=json.dumps(endpoints),
         local_reply_mappers=json.dumps(_mappers()),
+        cors_policy=json.dumps(_cors(cors_origins)),
         min_healthy_percent=f"{min_healthy:.2f}",
     )

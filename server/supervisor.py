@@ -65,12 +65,18 @@ class Supervisor:
         http_port: int,
         backends: Sequence[edge.Backend],
         listen_address: str = "127.0.0.1",
+        cors_origins: Sequence[str] = (),
         envoy_log_level: str = "warning",
     ) -> None:
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-edge-"))
         config_path = self._workdir / "envoy.yaml"
         config_path.write_text(
-            edge.render(http_port=http_port, backends=backends, listen_address=listen_address)
+            edge.render(
+                http_port=http_port,
+                backends=backends,
+                listen_address=listen_address,
+                cors_origins=cors_origins,
+            )
         )
         self.http_port = http_port
         self.listen_address = listen_address
