@@ -93,6 +93,15 @@ class ProjectCache:
             return loaded if isinstance(loaded, LoadedProject) else None
 
     def provider(self, loaded: LoadedProject, name: str) -> Provider:
+        # Hot path: once per loaded project and provider, not per call.
+        found = loaded.instances.get(name)
+        if found is not None:
+            return found
+        instance = self._instance(loaded, name)
+        loaded.instances[name] = instance
+        return instance
+
+    def _instance(self, loaded: LoadedProject, name: str) -> Provider:
         cls = self._registry.get(name)
         if cls is None:
             raise LookupError(name)
