@@ -138,6 +138,9 @@ def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.P
         # Recovered on its own, without a restart of Identify.
         assert after and set(after) == {200}, Counter(after)
         assert not any(c == 500 for _, c, _ in load.outcomes)
+        # The outage is logged, but never with the rows' values (signatures).
+        assert "store unavailable" in stack.log_text()
+        assert "[parameters:" not in stack.log_text()
     finally:
         stack.stop()
         cluster.stop()

@@ -74,7 +74,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         path = parsed.sqlite_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(parsed.driver_url, pool_size=pool_size, max_overflow=0)
+        engine = create_async_engine(
+            parsed.driver_url, pool_size=pool_size, max_overflow=0, hide_parameters=True
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
@@ -84,6 +86,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # A restarted PostgreSQL leaves dead pooled connections; check first.
         pool_pre_ping=True,
         pool_recycle=1800,
+        # Errors are logged; their SQL parameters hold signatures and emails.
+        hide_parameters=True,
         connect_args={"timeout": 5, "command_timeout": 10},
     )
 
