@@ -1,0 +1,1 @@
+"""`make bench`: load the real stack through the Envoy edge and report."""

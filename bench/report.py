@@ -1,0 +1,276 @@
+"""Turns measurements into bench/results/latest.json and latest.md, and
+judges them against the targets of issue 6 without rounding in their favour."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILE_RATIO = 0.80
+P99_MS = 25.0
+P99_CONNECTIONS = 64
+RSS_MB = 120.0
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Report:
+    meta: dict[str, Any]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    stacks: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, Any] = field(default_factory=dict)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Report:
+        return cls(
+            meta=raw["meta"],
+            runs=raw["runs"],
+            stacks=raw["stacks"],
+            profiles=raw["profiles"],
+            probes=raw.get("disconnect_probes", []),
+        )
+
+    def add_ratios(self) -> None:
+        ceilings = {
+            (r["workers"], r["connections"]): r["rps"]
+            for r in self.runs
+            if r["scenario"] == "ceiling"
+        }
+        for run in self.runs:
+            top = ceilings.get((run["workers"], run["connections"]))
+            run["ratio_to_ceiling"] = round(run["rps"] / top, 3) if top else None
+
+    def targets(self) -> list[dict[str, str]]:
+        service = [r for r in self.runs if r["db"] != "none"]
+        out = []
+
+        reads = [r for r in service if r["scenario"] == "profile_read"]
+        low = [r for r in reads if (r["ratio_to_ceiling"] or 0) < PROFILE_RATIO]
+        out.append(
+            _target(
+                f"profile read with a bearer JWT >= {PROFILE_RATIO:.0%} of the ceiling",
+                reads,
+                low,
+                lambda r: f"{r['ratio_to_ceiling']:.2f}x",
+                lambda r: -(r["ratio_to_ceiling"] or 0),
+            )
+        )
+
+        at64 = [r for r in service if r["connections"] == P99_CONNECTIONS]
+        slow = [r for r in at64 if r["p99_ms"] >= P99_MS]
+        out.append(
+            _target(
+                f"p99 < {P99_MS:g} ms at {P99_CONNECTIONS} connections",
+                at64,
+                slow,
+                lambda r: f"{r['p99_ms']:.1f} ms",
+                lambda r: r["p99_ms"],
+            )
+        )
+
+        servers = [
+            {**p, "db": s["db"], "workers": s["workers"], "scenario": "any", "connections": "-"}
+            for s in self.stacks
+            if s["db"] != "none"
+            for p in s["processes"]
+            if p["name"].startswith("server")
+        ]
+        big = [p for p in servers if p["peak_rss_mb"] >= RSS_MB]
+        out.append(
+            _target(
+                f"every server process < {RSS_MB:g} MB RSS (peak)",
+                servers,
+                big,
+                lambda p: f"{p['name']} {p['peak_rss_mb']:.0f} MB",
+                lambda p: p["peak_rss_mb"],
+            )
+        )
+
+        failed = [r for r in self.runs if r["non_2xx"] or r["socket_errors"]]
+        out.append(
+            _target(
+                "no errors (non-2xx replies or socket errors)",
+                self.runs,
+                failed,
+                lambda r: f"{r['non_2xx']} non-2xx, {r['socket_errors']} socket",
+            )
+        )
+        stalled = [
+            p for p in self.probes if p["next_call_status"] != 200 or p["next_call_ms"] >= 1000
+        ]
+        out.append(
+            _target(
+                "(extra) calls cut mid-flight by vanishing clients do not stall the next call",
+                [{**p, "connections": 16} for p in self.probes],
+                [{**p, "connections": 16} for p in stalled],
+                lambda p: (
+                    f"{p['cut']} cut, next call {p['next_call_status'] or 'timed out'} "
+                    f"in {p['next_call_ms']:.0f} ms"
+                ),
+            )
+        )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "targets": self.targets(),
+            "runs": self.runs,
+            "stacks": self.stacks,
+            "profiles": self.profiles,
+            "disconnect_probes": self.probes,
+        }
+
+    def write(self, directory: pathlib.Path) -> str:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "latest.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        markdown = self.markdown()
+        (directory / "latest.md").write_text(markdown)
+        return markdown
+
+    def markdown(self) -> str:
+        m = self.meta
+        lines = [
+            "# Identify benchmark",
+            "",
+            f"{m['date']} · {m['cpu']} x {m['cores']} cores · {m['kernel']} · "
+            f"load generator {m['loadgen']} ({m['threads']} thread) · "
+            f"{m['duration_s']:g} s per figure after {m['warmup_s']:g} s warm-up · "
+            f"load average before: {m['loadavg_before']}"
+            + (f" · whole run {m['total_s']:.0f} s" if "total_s" in m else ""),
+            "",
+            "Every call goes through the Envoy edge (REST, HTTP/1.1 keep-alive) on loopback. "
+            "`x ceiling`: requests/s over the same Envoy in front of an empty gRPC handler "
+            "with as many processes. CPU: seconds used during the figure's run by all "
+            "server processes / Envoy; ms CPU per request counts servers and Envoy. "
+            "RSS: the highest peak of any server process / Envoy during the run. "
+            "`other CPU s`: CPU the rest of the machine used meanwhile: PostgreSQL's own "
+            "processes on postgresql rows, otherwise other jobs (then every figure of "
+            "that row is low).",
+            "",
+            "| db | workers | scenario | conns | req/s | x ceiling | p50 ms | p99 ms | errors "
+            "| CPU s servers / envoy | CPU ms/req | peak RSS MB server / envoy | other CPU s |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.runs:
+            servers = [p for p in r["processes"] if p["name"].startswith("server")]
+            envoy = [p for p in r["processes"] if p["name"] == "envoy"]
+            cpu_servers = sum(p["cpu_s"] for p in servers)
+            cpu_envoy = sum(p["cpu_s"] for p in envoy)
+            ratio = r["ratio_to_ceiling"]
+            lines.append(
+                f"| {r['db']} | {r['workers']} | {r['scenario']} | {r['connections']} "
+                f"| {r['rps']:,.0f} | {'—' if ratio is None else f'{ratio:.2f}'} "
+                f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                f"| {r['non_2xx'] + r['socket_errors']} "
+                f"| {cpu_servers:.1f} / {cpu_envoy:.1f} | {r['cpu_ms_per_request']:.2f} "
+                f"| {max((p['peak_rss_mb'] for p in servers), default=0):.0f} / "
+                f"{max((p['peak_rss_mb'] for p in envoy), default=0):.0f} "
+                f"| {r['other_cpu_s']:.1f} |"
+            )
+        lines += ["", "## Targets", "", "| target | result | detail |", "|---|---|---|"]
+        for t in self.targets():
+            lines.append(f"| {t['target']} | **{t['status']}** | {t['detail']} |")
+        lines += ["", "## Peak RSS per process over each stack's life", ""]
+        lines += ["| db | workers | process | peak RSS MB |", "|---|---:|---|---:|"]
+        for s in self.stacks:
+            for p in s["processes"]:
+                lines.append(
+                    f"| {s['db']} | {s['workers']} | {p['name']} | {p['peak_rss_mb']:.0f} |"
+                )
+        if self.probes:
+            lines += [
+                "",
+                "## Clients vanishing mid-call",
+                "",
+                "wrk cut short at 16 connections on anonymous login (calls in flight are "
+                "cancelled), then one more login:",
+                "",
+                "| db | workers | calls cut | next call | took ms |",
+                "|---|---:|---:|---|---:|",
+            ]
+            for p in self.probes:
+                lines.append(
+                    f"| {p['db']} | {p['workers']} | {p['cut']} "
+                    f"| {p['next_call_status'] or 'timed out'} | {p['next_call_ms']:.0f} |"
+                )
+        if self.profiles:
+            lines += [
+                "",
+                "## Hot path (py-spy --gil, one server process, sqlite, 1 worker)",
+                "",
+                "Shares of the time the process ran Python (held the GIL).",
+                "",
+            ]
+            for name, prof in self.profiles.items():
+                if "error" in prof:
+                    lines += [f"### {name}: {prof['error']}", ""]
+                    continue
+                lines.append(
+                    f"### {name} ({prof['samples']} samples, GIL held "
+                    f"{prof['gil_busy']:.0%} of the time)"
+                )
+                lines.append("")
+                lines.append(
+                    "self time by package: "
+                    + ", ".join(
+                        f"{row['frame']} {row['share'] * 100:.0f}%"
+                        for row in prof["self_by_package"][:8]
+                    )
+                )
+                lines.append("")
+                lines.append("| share of busy time | our code, inclusive |")
+                lines.append("|---:|---|")
+                for row in prof["our_code_inclusive"][:12]:
+                    lines.append(f"| {row['share'] * 100:.1f}% | `{row['frame']}` |")
+                lines.append("")
+                lines.append("| share of busy time | any code, self |")
+                lines.append("|---:|---|")
+                for row in prof["self"][:12]:
+                    lines.append(f"| {row['share'] * 100:.1f}% | `{row['frame']}` |")
+                lines.append("")
+        lines.append(
+            "Reproduce: `make bench` (set IDENTIFY_BENCH_POSTGRES_URL, e.g. "
+            "postgresql://postgres@127.0.0.1:5432/postgres, to add PostgreSQL)."
+        )
+        return "\n".join(lines) + "\n"
+
+
+def _where(r: dict[str, Any]) -> str:
+    return f"{r['db']}/{r['workers']}w/{r['scenario']}/c{r['connections']}"
+
+
+def _target(
+    name: str,
+    checked: Sequence[Any],
+    failed: Sequence[Any],
+    show: Any,
+    worst: Any = None,
+) -> dict[str, str]:
+    if not checked:
+        return {"target": name, "status": "NOT MEASURED", "detail": "no run to judge"}
+    if failed:
+        listed = "; ".join(f"{_where(r)}: {show(r)}" for r in failed[:8])
+        more = f" (+{len(failed) - 8} more)" if len(failed) > 8 else ""
+        return {"target": name, "status": "FAIL", "detail": listed + more}
+    detail = f"{len(checked)} checked"
+    if worst is not None:
+        closest = max(checked, key=worst)
+        detail += f"; closest: {_where(closest)}: {show(closest)}"
+    return {"target": name, "status": "PASS", "detail": detail}
+
+
+def main() -> None:
+    """Re-render latest.md from latest.json (after a change to this file)."""
+    directory = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS
+    report = Report.from_json(json.loads((directory / "latest.json").read_text()))
+    print(report.write(directory))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""`make bench`: the real stack under load through the Envoy edge.
+
+For 1 and N (= cores) server processes: the ceiling (Envoy in front of an
+empty gRPC handler), then the service on SQLite and, when
+IDENTIFY_BENCH_POSTGRES_URL or IDENTIFY_TEST_POSTGRES_URL is set, on a fresh
+PostgreSQL database. Each scenario is loaded at 16 and 64 connections by wrk
+in its own process. Writes bench/results/latest.{json,md} and prints the
+Markdown.
+
+    python -m bench.run [--duration 5] [--warmup 2] [--connections 16,64]
+                        [--workers 1,2] [--loadgen auto|wrk|python] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from bench import load, procstat, profile, scenarios, stacks
+from bench.report import Report
+from server.supervisor import default_workers
+from tests.fakes.oidc_issuer import FakeIssuer
+
+log = logging.getLogger("bench")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PROFILED = ("anonymous_login", "profile_read")
+PROBE_TIMEOUT_S = 12.0
+
+
+def _cpu_model() -> str:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: pathlib.Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.generator = load.generator(args.loadgen, workdir)
+        self.report = Report(
+            meta={
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "cpu": _cpu_model(),
+                "cores": os.cpu_count(),
+                "kernel": platform.release(),
+                "loadgen": self.generator.name,
+                "threads": args.threads,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            }
+        )
+
+    def spec(
+        self, running: stacks.Running, scenario: scenarios.Scenario, conns: int, secs: float
+    ) -> load.LoadSpec:
+        return load.LoadSpec(
+            host=running.host,
+            port=running.port,
+            requests=scenario.requests,
+            connections=conns,
+            duration_s=secs,
+            threads=self.args.threads,
+        )
+
+    def measure(
+        self, running: stacks.Running, db: str, workers: int, scenario: scenarios.Scenario
+    ) -> None:
+        scenarios.verify(running.base_url, scenario)
+        if self.args.warmup > 0:
+            self.generator.run(
+                self.spec(running, scenario, max(self.args.connections), self.args.warmup)
+            )
+        for conns in self.args.connections:
+            for proc in running.processes:
+                proc.begin()
+            busy = procstat.machine_busy_seconds()
+            result = self.generator.run(self.spec(running, scenario, conns, self.args.duration))
+            busy = procstat.machine_busy_seconds() - busy
+            processes = [proc.end() for proc in running.processes]
+            cpu = sum(float(p["cpu_s"]) for p in processes)
+            run = {
+                "db": db,
+                "workers": workers,
+                "scenario": scenario.name,
+                "title": scenario.title,
+                "connections": conns,
+                "rps": round(result.rps, 1),
+                "requests": result.requests,
+                "duration_s": round(result.duration_s, 2),
+                "p50_ms": round(result.p50_ms, 2),
+                "p90_ms": round(result.p90_ms, 2),
+                "p99_ms": round(result.p99_ms, 2),
+                "max_ms": round(result.max_ms, 2),
+                "non_2xx": result.non_2xx,
+                "socket_errors": result.socket_errors,
+                "cut_at_end": result.cut,
+                "loadgen_cpu_s": result.loadgen_cpu_s,
+                # Anything else on the machine during the run (other jobs
+                # make every figure here lower): a noise gauge.
+                "other_cpu_s": round(max(0.0, busy - cpu - result.loadgen_cpu_s), 2),
+                "cpu_ms_per_request": round(1000 * cpu / result.requests, 3)
+                if result.requests
+                else 0.0,
+                "processes": processes,
+            }
+            self.report.runs.append(run)
+            log.info(
+                "%-10s %dw %-16s c=%-3d %8.0f req/s  p50 %6.1f ms  p99 %6.1f ms  errors %d",
+                db,
+                workers,
+                scenario.name,
+                conns,
+                result.rps,
+                result.p50_ms,
+                result.p99_ms,
+                result.errors,
+            )
+
+    def record_stack(self, running: stacks.Running, db: str, workers: int) -> None:
+        self.report.stacks.append(
+            {
+                "db": db,
+                "workers": workers,
+                "processes": [
+                    {"name": p.name, "peak_rss_mb": p.life_peak_mb()} for p in running.processes
+                ],
+            }
+        )
+
+    def profile(self, running: stacks.Running, scenario: scenarios.Scenario) -> None:
+        py_spy = profile.ensure_py_spy()
+        if py_spy is None:
+            self.report.profiles[scenario.name] = {"error": "py-spy could not be installed"}
+            return
+        server = running.servers()[0]
+        out = self.workdir / f"profile-{scenario.name}.txt"
+        seconds = 4
+        recorder = profile.start(py_spy, server.pid, seconds, out)
+        time.sleep(0.3)  # let py-spy attach before the load starts
+        self.generator.run(self.spec(running, scenario, min(self.args.connections), seconds))
+        _, err = recorder.communicate(timeout=60)
+        if recorder.returncode != 0 or not out.exists():
+            log.warning("py-spy failed: %s", err.decode(errors="replace")[-400:])
+            self.report.profiles[scenario.name] = {"error": "py-spy failed"}
+            return
+        summary = profile.summarise(out.read_text(), seconds)
+        self.report.profiles[scenario.name] = summary.to_json()
+        (RESULTS if self.args.output is None else self.args.output).mkdir(
+            parents=True, exist_ok=True
+        )
+        target = (self.args.output or RESULTS) / f"profile-{scenario.name}.txt"
+        target.write_text(summary.text(f"{scenario.title}: one server process, sqlite, 1 worker"))
+
+    def run(self) -> Report:
+        issuer = FakeIssuer()
+        try:
+            world = scenarios.World(issuer)
+            pg_server = stacks.postgres_server_url()
+            for workers in self.args.workers:
+                with stacks.ceiling(
+                    self.workdir / f"ceiling-{workers}", workers=workers
+                ) as running:
+                    self.measure(running, "none", workers, world.ceiling())
+                    self.record_stack(running, "none", workers)
+                self.service(world, "sqlite", workers, None, issuer)
+                if pg_server:
+                    self.service(world, "postgresql", workers, pg_server, issuer)
+        finally:
+            issuer.stop()
+        self.report.add_ratios()
+        return self.report
+
+    def service(
+        self,
+        world: scenarios.World,
+        db: str,
+        workers: int,
+        pg_server: str | None,
+        issuer: FakeIssuer,
+    ) -> None:
+        tmp = self.workdir / f"{db}-{workers}"
+        with (
+            _database(tmp, pg_server) as db_url,
+            stacks.service(tmp, scenarios.config(issuer), db_url=db_url, workers=workers) as (
+                running,
+                _stack,
+            ),
+        ):
+            chosen = [s for s in world.scenarios(running.base_url) if s.name in self.args.scenarios]
+            for scenario in chosen:
+                self.measure(running, db, workers, scenario)
+            if self.args.profile and db == "sqlite" and workers == 1:
+                for scenario in chosen:
+                    if scenario.name in PROFILED:
+                        self.profile(running, scenario)
+            by_name = {s.name: s for s in chosen}
+            if "anonymous_login" in by_name:
+                self.disconnect_probe(running, db, workers, by_name["anonymous_login"])
+            self.record_stack(running, db, workers)
+
+    def disconnect_probe(
+        self, running: stacks.Running, db: str, workers: int, scenario: scenarios.Scenario
+    ) -> None:
+        """Clients that vanish mid-call (wrk cut short, as a mobile network
+        does) must not slow anyone else: one login right after must be fast."""
+        if not isinstance(self.generator, load.Wrk):
+            return
+        spec = self.spec(running, scenario, 16, 1)
+        cut = self.generator.run(dataclasses.replace(spec, graceful=False)).cut
+        req = scenario.requests[0]
+        started = time.monotonic()
+        try:
+            with httpx.Client(base_url=running.base_url, timeout=PROBE_TIMEOUT_S) as http:
+                status = http.request(
+                    req.method, req.path, headers=req.headers, content=(req.body or "").encode()
+                ).status_code
+        except httpx.TimeoutException:
+            status = 0
+        self.report.probes.append(
+            {
+                "db": db,
+                "workers": workers,
+                "scenario": scenario.name,
+                "cut": cut,
+                "next_call_ms": round((time.monotonic() - started) * 1000, 1),
+                "next_call_status": status,
+            }
+        )
+        log.info(
+            "%-10s %dw after %d calls cut: next call %s in %.0f ms",
+            db,
+            workers,
+            cut,
+            status or "timed out",
+            (time.monotonic() - started) * 1000,
+        )
+
+
+@contextlib.contextmanager
+def _database(tmp: pathlib.Path, pg_server: str | None) -> Iterator[str]:
+    if pg_server is None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{tmp / 'identify.db'}"
+        return
+    with stacks.postgres_database(pg_server) as url:
+        yield url
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per figure")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each scenario")
+    parser.add_argument("--connections", type=_ints, default=[16, 64])
+    parser.add_argument("--workers", type=_ints, default=None, help="default: 1 and cores")
+    parser.add_argument("--threads", type=int, default=1, help="load generator threads")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda s: s.split(","),
+        default=["anonymous_login", "nologin_get", "profile_read", "check_token"],
+    )
+    parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--output", type=pathlib.Path, default=None, help="default: bench/results")
+    args = parser.parse_args(argv)
+    args.workers = args.workers or sorted({1, default_workers()})
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    os.chdir(ROOT)  # the stack's children run `python -m ...` from here
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-bench-"))
+    started = time.monotonic()
+    try:
+        report = Bench(args, workdir).run()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report.meta["total_s"] = round(time.monotonic() - started, 1)
+    print(report.write(args.output or RESULTS))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
