@@ -4,6 +4,7 @@ request names, and wrap what comes back in the documented envelope."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,8 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         self._registry = registry
         self._projects = projects
         self._keys = keys
+        # Strong references: the loop keeps only weak ones to running tasks.
+        self._inflight: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------ plumbing
     async def _resolve(
@@ -138,6 +141,22 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             raise
         return loaded, instance, strategy
 
+    async def _detached(self, work: Awaitable[R]) -> R:
+        """Run the call's work in its own task that a client hanging up cannot
+        cancel: a transaction cut half-way would hold SQLite's write lock (or a
+        pooled connection) until it timed out, and the next callers would wait.
+        The work finishes, and its result is dropped."""
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        self._inflight.discard(task)
+        # Retrieve the outcome of work nobody awaits any more (client gone).
+        if not task.cancelled():
+            task.exception()
+
     async def _run(
         self,
         context: Ctx,
@@ -145,7 +164,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
     ) -> R:
         request_id = request_id_var.get()
         try:
-            return await work()
+            return await self._detached(work())
         except ProviderError as err:
             await context.abort_with_status(errors.from_provider_error(err, request_id))
         except ProviderSetupError:

@@ -3,7 +3,9 @@ under load, and PostgreSQL restarted under load."""
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import pathlib
 import signal
 import threading
@@ -11,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -145,3 +148,37 @@ def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.P
         stack.stop()
         cluster.stop()
         cluster.remove()
+
+
+def test_clients_hanging_up_mid_call_do_not_stall_the_next(tmp_path: pathlib.Path, db_url: str) -> None:
+    stack = start_stack(tmp_path, CONFIG, db_url=db_url, workers=1)
+    try:
+
+        host, port = stack.http.removeprefix("http://").split(":")
+
+        def impatient(_: int) -> None:
+            # Send a whole login, then hang up before the answer: Envoy
+            # cancels the call on the server mid-flight.
+            for _ in range(20):
+                body = json.dumps(
+                    {"projectId": PROJECT, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+                ).encode()
+                head = (
+                    f"PUT /v1/user/login HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n"
+                ).encode()
+                with socket.create_connection((host, int(port))) as sock:
+                    sock.sendall(head + body)
+                    time.sleep(0.002)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(impatient, range(16)))
+        with stack.client() as http:
+            started = time.monotonic()
+            body = {"projectId": PROJECT, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+            reply = http.put("/v1/user/login", json=body)
+            took = time.monotonic() - started
+        assert reply.status_code == 200, reply.text
+        assert took < 2.0, f"the next call waited {took:.1f}s behind abandoned ones"
+    finally:
+        stack.stop()
