@@ -6,19 +6,18 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from providers.base import JSON, Device, ProfileView, Session, UpstreamTokens, User
 from server import tokens
 from server.clock import now
 from server.store import repo
+from server.store.db import Database
 from server.store.schema import issued_tokens, revoked_tokens
 
 
 class ScopedAccounts:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         *,
         project_id: str,
         provider: str,

@@ -14,7 +14,6 @@ import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from identify.v1 import identify_pb2, identify_pb2_grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from providers.registry import Registry
 from server.accounts import ScopedAccounts
@@ -24,7 +23,8 @@ from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
-from server.store import db, repo
+from server.store import repo
+from server.store.db import Database
 
 log = logging.getLogger(__name__)
 SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
@@ -41,13 +41,12 @@ class Settings:
     grace: float = 10.0
     # Time for Envoy's health checks to see NOT_SERVING before we stop.
     drain_delay: float = 2.0
-    auto_migrate: bool = False
 
 
 class Service:
     """Everything one server process owns, built and closed together."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, engine: Database) -> None:
         self.settings = settings
         self.engine = engine
         self.registry = Registry.discover()
@@ -87,7 +86,8 @@ class Service:
         return Context(accounts, self.http, self.executor)
 
     async def start(self) -> int:
-        await db.ensure_schema(self.engine, auto_migrate=self.settings.auto_migrate)
+        # The schema was checked by bootstrap (serve) or by the supervisor
+        # (up) before this process started; workers skip alembic entirely.
         await self.keys.signer()
         server = grpc.aio.server(
             interceptors=[AccessLogInterceptor()],

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from server import tokens
 from server.clock import now
 from server.config import ProjectConfig
 from server.keys import ensure_signing_key
 from server.store import db, repo
+from server.store.db import Database
 
 
 async def bootstrap(
-    engine: AsyncEngine, projects: Sequence[ProjectConfig], *, auto_migrate: bool
+    engine: Database, projects: Sequence[ProjectConfig], *, auto_migrate: bool
 ) -> None:
     await db.ensure_schema(engine, auto_migrate=auto_migrate)
     for project in projects:

@@ -67,7 +67,6 @@ def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
         project_cache_ttl=float(os.environ.get("IDENTIFY_PROJECT_CACHE_TTL", "5")),
         grace=float(os.environ.get("IDENTIFY_SHUTDOWN_GRACE", "10")),
         drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "2")),
-        auto_migrate=getattr(args, "migrate", False),
     )
 
 

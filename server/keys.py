@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from server.clock import now
 from server.store import repo
+from server.store.db import Database
 from server.tokens import SigningKey, TokenSigner
 
 
-async def ensure_signing_key(engine: AsyncEngine) -> None:
+async def ensure_signing_key(engine: Database) -> None:
     key = SigningKey.generate()
     await repo.insert_signing_key_if_none(
         engine, kid=key.kid, private_pem=key.private_pem(), now=now()
@@ -21,7 +20,7 @@ async def ensure_signing_key(engine: AsyncEngine) -> None:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine, *, issuer: str, refresh_every: float = 60.0) -> None:
+    def __init__(self, engine: Database, *, issuer: str, refresh_every: float = 60.0) -> None:
         self._engine = engine
         self._issuer = issuer
         self._refresh_every = refresh_every

@@ -16,12 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from providers.base import Project, Provider
 from providers.registry import Registry
 from server.config import ConfigError, resolve_env
 from server.store import repo
+from server.store.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class ProviderSetupError(Exception):
 class ProjectCache:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         registry: Registry,
         context_factory: Any,
         *,

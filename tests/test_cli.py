@@ -92,10 +92,11 @@ def test_migrate_then_refuse_unknown_schema(tmp_path: pathlib.Path) -> None:
     assert "empty -> 0002" in out.stdout
 
     async def stamp() -> None:
-        engine = create_engine(url)
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
-        await engine.dispose()
+        database = create_engine(url)
+        await database.write(
+            lambda conn: conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
+        )
+        await database.dispose()
 
     asyncio.run(stamp())
     config = write_config(tmp_path, {"anonymous": {}})
@@ -121,16 +122,15 @@ def test_older_schema_is_refused_until_migrated(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
 
     async def upgrade_to_first() -> None:
-        engine = create_engine(url)
+        database = create_engine(url)
 
         def run(conn: sa.Connection) -> None:
             cfg = db._alembic_config()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0001")
 
-        async with engine.begin() as conn:
-            await conn.run_sync(run)
-        await engine.dispose()
+        await database.write(run)
+        await database.dispose()
 
     asyncio.run(upgrade_to_first())
     config = write_config(tmp_path, {"anonymous": {}})

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import pathlib
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -150,10 +150,11 @@ def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.P
         cluster.remove()
 
 
-def test_clients_hanging_up_mid_call_do_not_stall_the_next(tmp_path: pathlib.Path, db_url: str) -> None:
+def test_clients_hanging_up_mid_call_do_not_stall_the_next(
+    tmp_path: pathlib.Path, db_url: str
+) -> None:
     stack = start_stack(tmp_path, CONFIG, db_url=db_url, workers=1)
     try:
-
         host, port = stack.http.removeprefix("http://").split(":")
 
         def impatient(_: int) -> None:
@@ -161,7 +162,11 @@ def test_clients_hanging_up_mid_call_do_not_stall_the_next(tmp_path: pathlib.Pat
             # cancels the call on the server mid-flight.
             for _ in range(20):
                 body = json.dumps(
-                    {"projectId": PROJECT, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+                    {
+                        "projectId": PROJECT,
+                        "provider": "anonymous",
+                        "data": {"deviceId": str(uuid.uuid4())},
+                    }
                 ).encode()
                 head = (
                     f"PUT /v1/user/login HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/json\r\n"
@@ -175,7 +180,11 @@ def test_clients_hanging_up_mid_call_do_not_stall_the_next(tmp_path: pathlib.Pat
             list(pool.map(impatient, range(16)))
         with stack.client() as http:
             started = time.monotonic()
-            body = {"projectId": PROJECT, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+            body = {
+                "projectId": PROJECT,
+                "provider": "anonymous",
+                "data": {"deviceId": str(uuid.uuid4())},
+            }
             reply = http.put("/v1/user/login", json=body)
             took = time.monotonic() - started
         assert reply.status_code == 200, reply.text

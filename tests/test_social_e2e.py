@@ -207,16 +207,17 @@ def revoke_sessions_in_store(db_url: str, project: str, user_id: str, before: in
     does it for social users, so the test writes the row itself."""
 
     async def go() -> None:
-        engine = create_engine(db_url, pool_size=1)
+        database = create_engine(db_url, pool_size=1)
         try:
-            async with engine.begin() as conn:
-                await conn.execute(
+            await database.write(
+                lambda conn: conn.execute(
                     sa.update(schema.users)
                     .where(schema.users.c.project_id == project, schema.users.c.user_id == user_id)
                     .values(valid_after=before)
                 )
+            )
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     asyncio.run(go())
 

@@ -1,5 +1,8 @@
 """Queries. Every function that touches tenant data takes the project id and
-puts it first in the WHERE clause, so no query can cross projects."""
+puts it first in the WHERE clause, so no query can cross projects.
+
+The hot statements are built once with bind parameters: building and
+cache-keying a SQLAlchemy statement per call cost more than running it."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from providers.base import Device, User
+from server.store.db import Database
 from server.store.schema import (
     devices,
     issued_tokens,
@@ -24,9 +27,10 @@ from server.store.schema import (
 )
 
 LOGIN_HISTORY = 50
+P = sa.bindparam
 
 
-def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
@@ -42,8 +46,11 @@ class ProjectRow:
 
 
 # ----------------------------------------------------------------- projects
+_GET_PROJECT = sa.select(projects).where(projects.c.project_id == P("project_id"))
+
+
 async def upsert_project(
-    engine: AsyncEngine,
+    db: Database,
     *,
     project_id: str,
     name: str,
@@ -54,7 +61,8 @@ async def upsert_project(
     """Creates the project with `secret`, or updates name and providers while
     keeping the secret it already has (rotating it would change every user's
     externalId)."""
-    async with engine.begin() as conn:
+
+    def run(conn: sa.Connection) -> None:
         stmt = _insert(conn, projects).values(
             project_id=project_id,
             name=name,
@@ -63,56 +71,53 @@ async def upsert_project(
             created_at=now,
             updated_at=now,
         )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[projects.c.project_id],
-            set_={"name": name, "providers": dict(providers_settings), "updated_at": now},
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[projects.c.project_id],
+                set_={"name": name, "providers": dict(providers_settings), "updated_at": now},
+            )
         )
-        await conn.execute(stmt)
+
+    await db.write(run)
 
 
-async def get_project(engine: AsyncEngine, project_id: str) -> ProjectRow | None:
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(sa.select(projects).where(projects.c.project_id == project_id))
-        ).first()
-    if row is None:
-        return None
-    return ProjectRow(row.project_id, row.name, row.secret, row.providers, row.updated_at)
+async def get_project(db: Database, project_id: str) -> ProjectRow | None:
+    def run(conn: sa.Connection) -> ProjectRow | None:
+        row = conn.execute(_GET_PROJECT, {"project_id": project_id}).first()
+        if row is None:
+            return None
+        return ProjectRow(row.project_id, row.name, row.secret, row.providers, row.updated_at)
 
-
-async def list_projects(engine: AsyncEngine) -> list[ProjectRow]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(sa.select(projects).order_by(projects.c.name))).all()
-    return [ProjectRow(r.project_id, r.name, r.secret, r.providers, r.updated_at) for r in rows]
+    return await db.read(run)
 
 
 # ------------------------------------------------------------ signing keys
-async def load_signing_keys(engine: AsyncEngine) -> list[tuple[str, str, int, int | None]]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(sa.select(signing_keys))).all()
-    return [(r.kid, r.private_pem, r.created_at, r.retired_at) for r in rows]
+async def load_signing_keys(db: Database) -> list[tuple[str, str, int, int | None]]:
+    def run(conn: sa.Connection) -> list[tuple[str, str, int, int | None]]:
+        rows = conn.execute(sa.select(signing_keys)).all()
+        return [(r.kid, r.private_pem, r.created_at, r.retired_at) for r in rows]
+
+    return await db.read(run)
 
 
-async def insert_signing_key_if_none(
-    engine: AsyncEngine, *, kid: str, private_pem: str, now: int
-) -> None:
-    """Racing processes may each try; a lock-free check-then-insert is fine
-    because a second active key is harmless (both are published)."""
-    async with engine.begin() as conn:
-        active = (
-            await conn.execute(
-                sa.select(sa.func.count())
-                .select_from(signing_keys)
-                .where(signing_keys.c.retired_at.is_(None))
-            )
+async def insert_signing_key_if_none(db: Database, *, kid: str, private_pem: str, now: int) -> None:
+    """Racing processes may each try; a second active key is harmless (both
+    are published), so no stronger lock is needed."""
+
+    def run(conn: sa.Connection) -> None:
+        active = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(signing_keys)
+            .where(signing_keys.c.retired_at.is_(None))
         ).scalar_one()
-        if active:
-            return
-        await conn.execute(
-            signing_keys.insert().values(
-                kid=kid, algorithm="ES256", private_pem=private_pem, created_at=now
+        if not active:
+            conn.execute(
+                signing_keys.insert().values(
+                    kid=kid, algorithm="ES256", private_pem=private_pem, created_at=now
+                )
             )
-        )
+
+    await db.write(run)
 
 
 # -------------------------------------------------------------------- users
@@ -132,19 +137,34 @@ def _user(row: Any) -> User:
     )
 
 
+def _user_by(column: str) -> sa.Select[Any]:
+    return sa.select(users).where(
+        users.c.project_id == P("project_id"),
+        users.c.provider == P("provider"),
+        users.c[column] == P("value"),
+    )
+
+
+_FIND_USER = {column: _user_by(column) for column in ("subject", "external_id", "user_id")}
+_USER_BY_ID = sa.select(users).where(
+    users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
+)
+
+
 async def find_user(
-    engine: AsyncEngine, project_id: str, column: str, value: str, provider: str | None = None
+    db: Database, project_id: str, column: str, value: str, provider: str
 ) -> User | None:
-    where = [users.c.project_id == project_id, users.c[column] == value]
-    if provider is not None:
-        where.append(users.c.provider == provider)
-    async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(users).where(*where))).first()
-    return _user(row) if row else None
+    params = {"project_id": project_id, "provider": provider, "value": value}
+
+    def run(conn: sa.Connection) -> User | None:
+        row = conn.execute(_FIND_USER[column], params).first()
+        return _user(row) if row else None
+
+    return await db.read(run)
 
 
 async def ensure_user(
-    engine: AsyncEngine,
+    db: Database,
     *,
     project_id: str,
     provider: str,
@@ -157,8 +177,9 @@ async def ensure_user(
     """Insert-or-nothing keyed on (project, provider, subject), then read back:
     racing first logins all end on the one row that won."""
     user_id = str(uuid.uuid4())
-    async with engine.begin() as conn:
-        stmt = (
+
+    def run(conn: sa.Connection) -> tuple[User, bool]:
+        conn.execute(
             _insert(conn, users)
             .values(
                 project_id=project_id,
@@ -177,177 +198,186 @@ async def ensure_user(
                 index_elements=[users.c.project_id, users.c.provider, users.c.subject]
             )
         )
-        await conn.execute(stmt)
-        row = (
-            await conn.execute(
-                sa.select(users).where(
-                    users.c.project_id == project_id,
-                    users.c.provider == provider,
-                    users.c.subject == subject,
-                )
-            )
+        row = conn.execute(
+            _FIND_USER["subject"],
+            {"project_id": project_id, "provider": provider, "value": subject},
         ).one()
-    return _user(row), row.user_id == user_id
+        return _user(row), row.user_id == user_id
+
+    return await db.write(run)
 
 
 async def update_user(
-    engine: AsyncEngine,
-    project_id: str,
-    user_id: str,
-    *,
-    values: Mapping[str, Any],
-    now: int,
+    db: Database, project_id: str, user_id: str, *, values: Mapping[str, Any], now: int
 ) -> User | None:
     """One UPDATE statement, so concurrent writers never interleave fields."""
-    async with engine.begin() as conn:
-        await conn.execute(
+    key = {"project_id": project_id, "user_id": user_id}
+
+    def run(conn: sa.Connection) -> User | None:
+        conn.execute(
             users.update()
             .where(users.c.project_id == project_id, users.c.user_id == user_id)
             .values(**values, updated_at=now)
         )
-        row = (
-            await conn.execute(
-                sa.select(users).where(users.c.project_id == project_id, users.c.user_id == user_id)
-            )
-        ).first()
-    return _user(row) if row else None
+        row = conn.execute(_USER_BY_ID, key).first()
+        return _user(row) if row else None
+
+    return await db.write(run)
 
 
 async def merge_attributes(
-    engine: AsyncEngine, project_id: str, user_id: str, patch: Mapping[str, Any], now: int
+    db: Database, project_id: str, user_id: str, patch: Mapping[str, Any], now: int
 ) -> User | None:
-    """Read-merge-write inside one transaction that takes the row lock first
-    (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises writers)."""
-    async with engine.begin() as conn:
+    """Read-merge-write in one transaction that holds the row (SELECT ... FOR
+    UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the database)."""
+    key = {"project_id": project_id, "user_id": user_id}
+
+    def run(conn: sa.Connection) -> User | None:
         query = sa.select(users.c.attributes).where(
             users.c.project_id == project_id, users.c.user_id == user_id
         )
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        else:
-            # Take SQLite's write lock before reading, so no other writer
-            # can slip in between our read and our write.
-            await conn.execute(
-                users.update()
-                .where(users.c.project_id == project_id, users.c.user_id == user_id)
-                .values(updated_at=now)
-            )
-        current = (await conn.execute(query)).scalar_one_or_none()
+        current = conn.execute(query).first()
         if current is None:
             return None
-        merged = {**(current or {}), **patch}
-        await conn.execute(
+        merged = {**(current.attributes or {}), **patch}
+        conn.execute(
             users.update()
             .where(users.c.project_id == project_id, users.c.user_id == user_id)
             .values(attributes=merged, updated_at=now)
         )
-        row = (
-            await conn.execute(
-                sa.select(users).where(users.c.project_id == project_id, users.c.user_id == user_id)
-            )
-        ).one()
-    return _user(row)
+        return _user(conn.execute(_USER_BY_ID, key).one())
+
+    return await db.write(run)
 
 
 # ------------------------------------------------------- devices and logins
+_INSERT_LOGIN = logins.insert().values(
+    project_id=P("project_id"),
+    user_id=P("user_id"),
+    login_id=P("login_id"),
+    at=P("now"),
+    device_id=P("device_id"),
+)
+
+
+def _device_upsert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(devices).values(
+        project_id=P("project_id"),
+        user_id=P("user_id"),
+        device_id=P("device_id"),
+        sign_up=P("now"),
+        last_login=P("now"),
+        time_stamp=P("now"),
+        signature=P("signature"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[devices.c.project_id, devices.c.user_id, devices.c.device_id],
+        set_={
+            "last_login": stmt.excluded.last_login,
+            "time_stamp": stmt.excluded.time_stamp,
+            "signature": stmt.excluded.signature,
+        },
+    ).returning(devices.c.sign_up)
+
+
+_DEVICE_UPSERT = {dialect: _device_upsert(dialect) for dialect in ("sqlite", "postgresql")}
+
+
 async def record_login(
-    engine: AsyncEngine,
-    *,
-    project_id: str,
-    user_id: str,
-    device_id: str,
-    now: int,
-    signature: str,
+    db: Database, *, project_id: str, user_id: str, device_id: str, now: int, signature: str
 ) -> Device:
-    async with engine.begin() as conn:
-        stmt = _insert(conn, devices).values(
-            project_id=project_id,
-            user_id=user_id,
-            device_id=device_id,
-            sign_up=now,
-            last_login=now,
-            time_stamp=now,
-            signature=signature,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[devices.c.project_id, devices.c.user_id, devices.c.device_id],
-            set_={"last_login": now, "time_stamp": now, "signature": signature},
-        ).returning(devices.c.sign_up)
-        sign_up = (await conn.execute(stmt)).scalar_one()
-        await conn.execute(
-            logins.insert().values(
-                project_id=project_id,
-                user_id=user_id,
-                login_id=str(uuid.uuid4()),
-                at=now,
-                device_id=device_id,
-            )
-        )
+    params = {
+        "project_id": project_id,
+        "user_id": user_id,
+        "device_id": device_id,
+        "now": now,
+        "signature": signature,
+        "login_id": str(uuid.uuid4()),
+    }
+
+    def run(conn: sa.Connection) -> int:
+        sign_up = conn.execute(_DEVICE_UPSERT[conn.dialect.name], params).scalar_one()
+        conn.execute(_INSERT_LOGIN, params)
+        return int(sign_up)
+
+    sign_up = await db.write(run)
     return Device(device_id, sign_up, now, now, signature)
 
 
+_DEVICES = (
+    sa.select(devices)
+    .where(devices.c.project_id == P("project_id"), devices.c.user_id == P("user_id"))
+    .order_by(devices.c.sign_up, devices.c.device_id)
+)
+_HISTORY = (
+    sa.select(logins.c.at)
+    .where(logins.c.project_id == P("project_id"), logins.c.user_id == P("user_id"))
+    .order_by(logins.c.at.desc())
+    .limit(LOGIN_HISTORY)
+)
+
+
 async def profile_rows(
-    engine: AsyncEngine, project_id: str, user_id: str
+    db: Database, project_id: str, user_id: str
 ) -> tuple[Sequence[Device], list[int]]:
-    async with engine.connect() as conn:
-        device_rows = (
-            await conn.execute(
-                sa.select(devices)
-                .where(devices.c.project_id == project_id, devices.c.user_id == user_id)
-                .order_by(devices.c.sign_up, devices.c.device_id)
-            )
-        ).all()
-        history = (
-            (
-                await conn.execute(
-                    sa.select(logins.c.at)
-                    .where(logins.c.project_id == project_id, logins.c.user_id == user_id)
-                    .order_by(logins.c.at.desc())
-                    .limit(LOGIN_HISTORY)
-                )
-            )
-            .scalars()
-            .all()
-        )
-    found = [
-        Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature) for r in device_rows
-    ]
-    return found, sorted(history)
+    key = {"project_id": project_id, "user_id": user_id}
+
+    def run(conn: sa.Connection) -> tuple[Sequence[Device], list[int]]:
+        found = [
+            Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature)
+            for r in conn.execute(_DEVICES, key)
+        ]
+        history = sorted(conn.execute(_HISTORY, key).scalars())
+        return found, history
+
+    return await db.read(run)
 
 
 # ------------------------------------------------- revoked and issued tokens
+def _has_hash(table: sa.Table) -> sa.Select[Any]:
+    return sa.select(table.c.expires_at).where(
+        table.c.project_id == P("project_id"),
+        table.c.token_hash == P("token_hash"),
+        table.c.expires_at >= P("now"),
+    )
+
+
+_HAS_HASH = {table.name: _has_hash(table) for table in (revoked_tokens, issued_tokens)}
+
+
 async def add_token_hash(
-    engine: AsyncEngine, table: sa.Table, project_id: str, token_hash: str, expires_at: int
+    db: Database, table: sa.Table, project_id: str, token_hash: str, expires_at: int
 ) -> None:
-    async with engine.begin() as conn:
-        stmt = (
+    def run(conn: sa.Connection) -> None:
+        conn.execute(
             _insert(conn, table)
             .values(project_id=project_id, token_hash=token_hash, expires_at=expires_at)
             .on_conflict_do_nothing(index_elements=[table.c.project_id, table.c.token_hash])
         )
-        await conn.execute(stmt)
+
+    await db.write(run)
 
 
 async def has_token_hash(
-    engine: AsyncEngine, table: sa.Table, project_id: str, token_hash: str, now: int
+    db: Database, table: sa.Table, project_id: str, token_hash: str, now: int
 ) -> bool:
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(table.c.expires_at).where(
-                    table.c.project_id == project_id,
-                    table.c.token_hash == token_hash,
-                    table.c.expires_at >= now,
-                )
-            )
-        ).first()
-    return row is not None
+    params = {"project_id": project_id, "token_hash": token_hash, "now": now}
+
+    def run(conn: sa.Connection) -> bool:
+        return conn.execute(_HAS_HASH[table.name], params).first() is not None
+
+    return await db.read(run)
 
 
-async def purge_expired_tokens(engine: AsyncEngine, now: int) -> int:
-    removed = 0
-    async with engine.begin() as conn:
+async def purge_expired_tokens(db: Database, now: int) -> int:
+    def run(conn: sa.Connection) -> int:
+        removed = 0
         for table in (revoked_tokens, issued_tokens):
-            result = await conn.execute(table.delete().where(table.c.expires_at < now))
+            result = conn.execute(table.delete().where(table.c.expires_at < now))
             removed += int(result.rowcount or 0)
-    return removed
+        return removed
+
+    return await db.write(run)
