@@ -1,6 +1,7 @@
-"""Server interceptors: a request id for every call and one access-log line
-per call. The log line names method, status, duration and request id only:
-never metadata or payloads, which carry tokens and passwords."""
+"""Server interceptors: a request id for every call and an access-log line
+for each refused or failed call (every call at debug level). A line names
+method, status, duration and request id only: never metadata or payloads,
+which carry tokens and passwords."""
 
 from __future__ import annotations
 
@@ -58,9 +59,18 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = (time.perf_counter() - started) * 1000
                 if code == "UNKNOWN":
                     log.exception("%s failed request_id=%s", method, request_id)
-                log.info(
-                    "rpc method=%s code=%s ms=%.1f request_id=%s", method, code, elapsed, request_id
-                )
+                # Envoy's access log already has every request; here the
+                # refusals are worth a line, successes only when debugging.
+                level = logging.DEBUG if code == "OK" else logging.INFO
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "rpc method=%s code=%s ms=%.1f request_id=%s",
+                        method,
+                        code,
+                        elapsed,
+                        request_id,
+                    )
                 request_id_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

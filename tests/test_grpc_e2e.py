@@ -102,7 +102,9 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(
     tmp_path_factory: pytest.TempPathFactory, db_url: str
 ) -> None:
     config = {"projects": [{"id": PROJECT, "name": "grpc", "providers": {"anonymous": {}}}]}
-    s = start_stack(tmp_path_factory.mktemp("drain"), config, db_url=db_url)
+    s = start_stack(
+        tmp_path_factory.mktemp("drain"), config, db_url=db_url, env={"IDENTIFY_LOG_LEVEL": "debug"}
+    )
     results: list[str] = []
     stop = threading.Event()
 

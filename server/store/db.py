@@ -98,6 +98,7 @@ class Database:
         self.url = DatabaseUrl.parse(url)
         self.dialect = self.url.dialect
         self._write_lock = asyncio.Lock()
+        self._reader: sa.Connection | None = None
         if self.dialect == "sqlite":
             path = self.url.sqlite_path()
             if path is not None:
@@ -125,12 +126,22 @@ class Database:
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
         if self._async is None:
-            with self._sync.connect() as conn:
-                result = fn(conn)
-                conn.rollback()
-                return result
+            return self._read_sqlite(fn)
         async with self._async.connect() as aconn:
             return await aconn.run_sync(fn)
+
+    def _read_sqlite(self, fn: Callable[[sa.Connection], T]) -> T:
+        # One long-lived connection for the loop's reads: in autocommit mode
+        # each SELECT is its own snapshot, so holding it open holds no lock,
+        # and a pool checkout per read cost as much as the read.
+        if self._reader is None or self._reader.closed:
+            self._reader = self._sync.connect()
+        try:
+            return fn(self._reader)
+        except BaseException:
+            self._reader.invalidate()
+            self._reader = None
+            raise
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
         if self._async is not None:
@@ -154,8 +165,11 @@ class Database:
     async def dispose(self) -> None:
         if self._async is not None:
             await self._async.dispose()
-        else:
-            self._sync.dispose()
+            return
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._sync.dispose()
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> Database:
