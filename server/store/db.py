@@ -104,8 +104,9 @@ class Database:
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             sync_url = sa.engine.make_url(self.url.driver_url).set(drivername="sqlite")
+            # One more than asked: the long-lived reader keeps one for itself.
             self._sync = sa.create_engine(
-                sync_url, pool_size=pool_size, max_overflow=0, hide_parameters=True
+                sync_url, pool_size=pool_size + 1, max_overflow=0, hide_parameters=True
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             self._sync_writer = self._sync.execution_options()
