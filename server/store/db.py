@@ -117,8 +117,11 @@ class Database:
                 self.url.driver_url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                # A restarted PostgreSQL leaves dead pooled connections; check first.
-                pool_pre_ping=True,
+                # No ping before each checkout (a round trip per call): a
+                # connection that fails as disconnected invalidates the whole
+                # pool, so after a PostgreSQL restart only the calls already
+                # holding a dead connection fail.
+                pool_pre_ping=False,
                 pool_recycle=1800,
                 # Errors are logged; their SQL parameters hold signatures and emails.
                 hide_parameters=True,
