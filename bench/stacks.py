@@ -5,24 +5,25 @@ PostgreSQL database when one is configured."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import pathlib
 import sys
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from bench import procstat
 from server import edge
 from server.supervisor import Supervisor
-from tests.harness import Stack, free_port, free_port_block, start_stack
+from tests.harness import (
+    Stack,
+    free_port,
+    free_port_block,
+    fresh_postgres_database,
+    start_stack,
+)
 
 log = logging.getLogger("bench")
 PG_ENVS = ("IDENTIFY_BENCH_POSTGRES_URL", "IDENTIFY_TEST_POSTGRES_URL")
@@ -124,31 +125,8 @@ def postgres_server_url() -> str | None:
     return None
 
 
-def _asyncpg(url: str) -> str:
-    return (
-        sa.engine.make_url(url)
-        .set(drivername="postgresql+asyncpg")
-        .render_as_string(hide_password=False)
-    )
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(_asyncpg(url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
-
-
 @contextlib.contextmanager
 def postgres_database(server_url: str) -> Iterator[str]:
     """A fresh database on the server at `server_url`, dropped afterwards."""
-    name = f"identify_bench_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield (
-            sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        )
-    finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database(server_url, prefix="identify_bench") as url:
+        yield url

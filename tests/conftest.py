@@ -6,38 +6,20 @@ and PostgreSQL does not answer, the run fails: it never silently skips."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import pathlib
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.harness import fresh_postgres_database
 
 PG_ENV = "IDENTIFY_TEST_POSTGRES_URL"
 
 
 def _backends() -> list[str]:
     return ["sqlite", "postgres"] if os.environ.get(PG_ENV) else ["sqlite"]
-
-
-def _asyncpg(url: str) -> str:
-    return (
-        sa.engine.make_url(url)
-        .set(drivername="postgresql+asyncpg")
-        .render_as_string(hide_password=False)
-    )
-
-
-async def _admin(url: str, statement: str) -> None:
-    engine = create_async_engine(_asyncpg(url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(sa.text(statement))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +39,9 @@ def db_url(
         yield f"sqlite:///{path}"
         return
     server = request.getfixturevalue("postgres_server_url")
-    name = f"identify_test_{uuid.uuid4().hex[:12]}"
-    try:
-        asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # the run must fail loudly, never skip
-        pytest.fail(f"PostgreSQL at {PG_ENV} did not answer: {exc}")
-    yield sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
-    asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(fresh_postgres_database(server))
+        except Exception as exc:  # the run must fail loudly, never skip
+            pytest.fail(f"PostgreSQL at {PG_ENV} did not answer: {exc}")
+        yield url

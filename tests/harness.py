@@ -3,6 +3,7 @@ the real Envoy) on free ports, against a real database."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -12,12 +13,15 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 import yaml
+from sqlalchemy.ext.asyncio import create_async_engine
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -158,6 +162,36 @@ def running_stack(tmp_dir: pathlib.Path, config: Mapping[str, Any], **kwargs: An
         yield stack
     finally:
         stack.stop()
+
+
+def _asyncpg(url: str) -> str:
+    return (
+        sa.engine.make_url(url)
+        .set(drivername="postgresql+asyncpg")
+        .render_as_string(hide_password=False)
+    )
+
+
+async def _admin(url: str, statement: str) -> None:
+    engine = create_async_engine(_asyncpg(url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str, prefix: str = "identify_test") -> Any:
+    """A new, empty database on the server at `server_url`, dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            sa.engine.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        )
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def error_reason(body: Mapping[str, Any]) -> str | None:
