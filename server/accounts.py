@@ -9,6 +9,7 @@ from typing import Any
 from providers.base import JSON, Device, ProfileView, Session, UpstreamTokens, User
 from server import tokens
 from server.clock import now
+from server.keys import KeyStore
 from server.store import repo
 from server.store.db import Database
 from server.store.schema import issued_tokens, revoked_tokens
@@ -22,13 +23,13 @@ class ScopedAccounts:
         project_id: str,
         provider: str,
         secret: str,
-        signer: tokens.TokenSigner,
+        keys: KeyStore,
     ) -> None:
         self._engine = engine
         self._project_id = project_id
         self._provider = provider
         self._secret = secret
-        self._signer = signer
+        self._keys = keys
 
     def external_id(self, subject: str) -> str:
         return tokens.external_id(self._secret, self._provider, subject)
@@ -97,7 +98,7 @@ class ScopedAccounts:
         claims: dict[str, Any] = {"provider": self._provider, "externalId": user.external_id}
         if device_id:
             claims["deviceId"] = device_id
-        return self._signer.mint(
+        return self._keys.current().mint(
             audience=self._project_id, subject=user.user_id, claims=claims, now=now()
         )
 

@@ -8,6 +8,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
@@ -41,6 +42,8 @@ class Settings:
     grace: float = 10.0
     # Time for Envoy's health checks to see NOT_SERVING before we stop.
     drain_delay: float = 2.0
+    # How often signing keys are reloaded (a rotation reaches us within it).
+    key_refresh: float = 60.0
 
 
 class Service:
@@ -50,7 +53,7 @@ class Service:
         self.settings = settings
         self.engine = engine
         self.registry = Registry.discover()
-        self.keys = KeyStore(engine, issuer=settings.issuer)
+        self.keys = KeyStore(engine, issuer=settings.issuer, refresh_every=settings.key_refresh)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=2.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -62,7 +65,7 @@ class Service:
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self._housekeeping: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Future[Any] | None = None
 
     async def _purge_expired(self, every: float = 600.0) -> None:
         # Every process does it; the DELETE is idempotent and cheap.
@@ -81,7 +84,7 @@ class Service:
             project_id=loaded.project.id,
             provider=provider,
             secret=loaded.secret,
-            signer=self.keys.current(),
+            keys=self.keys,
         )
         return Context(accounts, self.http, self.executor)
 
@@ -117,7 +120,7 @@ class Service:
         self.server = server
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._housekeeping = asyncio.create_task(self._purge_expired())
+        self._housekeeping = asyncio.gather(self._purge_expired(), self.keys.refresh_forever())
         return port
 
     async def stop(self) -> None:

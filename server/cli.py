@@ -67,6 +67,7 @@ def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
         project_cache_ttl=float(os.environ.get("IDENTIFY_PROJECT_CACHE_TTL", "5")),
         grace=float(os.environ.get("IDENTIFY_SHUTDOWN_GRACE", "10")),
         drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "2")),
+        key_refresh=float(os.environ.get("IDENTIFY_KEY_REFRESH", "60")),
     )
 
 
@@ -190,6 +191,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    from server.keys import rotate_signing_key
+
+    url = _db_url(args)
+
+    async def main() -> tuple[str, int]:
+        database = db.create_engine(url, pool_size=1)
+        try:
+            await db.ensure_schema(database, auto_migrate=False)
+            return await rotate_signing_key(database)
+        finally:
+            await database.dispose()
+
+    kid, retired = asyncio.run(main())
+    print(f"new signing key {kid}; {retired} retired (still published until their tokens expire)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="identify", description="Identify identity service")
     parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
@@ -239,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply database migrations")
     mig.add_argument("--db", help="database URL (env IDENTIFY_DB)")
     mig.set_defaults(func=cmd_migrate)
+
+    rot = sub.add_parser("rotate-keys", help="start signing profileTokens with a new key")
+    rot.add_argument("--db", help="database URL (env IDENTIFY_DB)")
+    rot.set_defaults(func=cmd_rotate_keys)
     return parser
 
 

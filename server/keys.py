@@ -19,6 +19,16 @@ async def ensure_signing_key(engine: Database) -> None:
     )
 
 
+async def rotate_signing_key(engine: Database) -> tuple[str, int]:
+    """A new active key; the old ones stay published until their tokens
+    have expired. Returns (new kid, keys retired)."""
+    key = SigningKey.generate()
+    retired = await repo.rotate_signing_key(
+        engine, kid=key.kid, private_pem=key.private_pem(), now=now()
+    )
+    return key.kid, retired
+
+
 class KeyStore:
     def __init__(self, engine: Database, *, issuer: str, refresh_every: float = 60.0) -> None:
         self._engine = engine
@@ -36,6 +46,14 @@ class KeyStore:
                 await self._load()
         assert self._signer is not None
         return self._signer
+
+    async def refresh_forever(self) -> None:
+        """Reload now and then, so a rotation done by another process (or
+        `identify rotate-keys`) reaches this one within `refresh_every`."""
+        while True:
+            await asyncio.sleep(self._refresh_every)
+            async with self._lock:
+                await self._load()
 
     def current(self) -> TokenSigner:
         """The last loaded signer, for synchronous minting on the hot path."""

@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 PROFILE_TOKEN_TTL = 15 * 60
+# A process may keep signing with a just-retired key until its next key
+# refresh; publish retired keys that much longer than a token lives.
+RETIRED_KEY_GRACE = 5 * 60
 ALGORITHM = "ES256"
 
 
@@ -119,8 +122,14 @@ class TokenSigner:
             headers={"kid": self._active.kid},
         )
 
+    @property
+    def kid(self) -> str:
+        return self._active.kid
+
     def jwks(self, now: int) -> list[dict[str, str]]:
         live = [
-            k for k in self._keys if k.retired_at is None or k.retired_at + PROFILE_TOKEN_TTL > now
+            k
+            for k in self._keys
+            if k.retired_at is None or k.retired_at + PROFILE_TOKEN_TTL + RETIRED_KEY_GRACE > now
         ]
         return [k.jwk() for k in sorted(live, key=lambda k: k.created_at)]

@@ -120,6 +120,24 @@ async def insert_signing_key_if_none(db: Database, *, kid: str, private_pem: str
     await db.write(run)
 
 
+async def rotate_signing_key(db: Database, *, kid: str, private_pem: str, now: int) -> int:
+    """Retire every active key and add a new one, in one transaction;
+    returns how many were retired."""
+
+    def run(conn: sa.Connection) -> int:
+        retired = conn.execute(
+            signing_keys.update().where(signing_keys.c.retired_at.is_(None)).values(retired_at=now)
+        ).rowcount
+        conn.execute(
+            signing_keys.insert().values(
+                kid=kid, algorithm="ES256", private_pem=private_pem, created_at=now
+            )
+        )
+        return int(retired or 0)
+
+    return await db.write(run)
+
+
 # -------------------------------------------------------------------- users
 def _user(row: Any) -> User:
     return User(
