@@ -191,3 +191,26 @@ def test_clients_hanging_up_mid_call_do_not_stall_the_next(
         assert took < 2.0, f"the next call waited {took:.1f}s behind abandoned ones"
     finally:
         stack.stop()
+
+
+def test_healthz_follows_the_backends_health(tmp_path: pathlib.Path, db_url: str) -> None:
+    stack = start_stack(tmp_path, CONFIG, db_url=db_url, workers=1)
+    try:
+
+        def wait_for(status: int, within: float) -> httpx.Response:
+            started = time.monotonic()
+            with httpx.Client(base_url=stack.http, timeout=2) as http:
+                while time.monotonic() - started < within:
+                    reply = http.get("/healthz")
+                    if reply.status_code == status:
+                        return reply
+                    time.sleep(0.05)
+            raise AssertionError(f"/healthz never answered {status} within {within}s")
+
+        assert wait_for(200, 5).json() == {"status": "SERVING"}
+        os.kill(next(iter(worker_pids(stack).values())), signal.SIGKILL)
+        assert error_reason(wait_for(503, 5).json()) == "BACKEND_UNAVAILABLE"
+        # The supervisor restarts the process; the edge is healthy again.
+        wait_for(200, 20)
+    finally:
+        stack.stop()
