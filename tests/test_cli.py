@@ -139,3 +139,44 @@ def test_older_schema_is_refused_until_migrated(tmp_path: pathlib.Path) -> None:
     assert "older than this build" in refused.stderr and "identify migrate" in refused.stderr
     migrated = identify("migrate", "--db", url)
     assert migrated.returncode == 0 and "0001 -> 0002" in migrated.stdout
+
+
+def test_serve_runs_only_the_grpc_server_and_stops_on_sigterm(tmp_path: pathlib.Path) -> None:
+    import os
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.harness import free_port
+
+    port = free_port()
+    config = write_config(tmp_path, {"anonymous": {}})
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "server.cli", "serve", "--config", str(config)),
+            *("--db", f"sqlite:///{tmp_path}/s.db", "--grpc-port", str(port)),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "IDENTIFY_DRAIN_DELAY": "0.1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and status is None:
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                    status = (
+                        health_pb2_grpc.HealthStub(ch)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        .status
+                    )
+            except grpc.RpcError:
+                time.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
