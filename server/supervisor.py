@@ -94,6 +94,9 @@ class Supervisor:
                 "1",
                 "--log-level",
                 envoy_log_level,
+                # Access log lines reach stdout within half a second, not 10 s.
+                "--file-flush-interval-msec",
+                "500",
                 # The admin port is picked by the kernel; this file says which.
                 "--admin-address-path",
                 str(self._workdir / "admin-address"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -363,7 +364,19 @@ def test_access_log_never_carries_tokens(stack: Stack, http: httpx.Client) -> No
         headers={"authorization": secret},
     )
     http.put("/v1/user/login", json=anon_body("password-like-secret-value"))
+    # Social tokens may travel in the query string; Envoy logs paths without
+    # it (a transcoded call logs its gRPC path; others their own path).
+    http.get(
+        "/user/check/nonstandard",
+        params={"accessToken": "query-secret-token-value", "projectId": PROJECT, "provider": "noLogin"},
+    )
+    http.get("/nowhere", params={"accessToken": "query-secret-token-value"})
+    deadline = time.monotonic() + 5
+    while '"path":"/nowhere"' not in stack.log_text():
+        assert time.monotonic() < deadline, "Envoy's access log line never arrived"
+        time.sleep(0.1)
     log = stack.log_text()
+    assert "query-secret-token-value" not in log
     assert "super-secret-token-value" not in log
     assert "password-like-secret-value" not in log
     assert "cd" * 32 not in log
