@@ -368,7 +368,11 @@ def test_access_log_never_carries_tokens(stack: Stack, http: httpx.Client) -> No
     # it (a transcoded call logs its gRPC path; others their own path).
     http.get(
         "/user/check/nonstandard",
-        params={"accessToken": "query-secret-token-value", "projectId": PROJECT, "provider": "noLogin"},
+        params={
+            "accessToken": "query-secret-token-value",
+            "projectId": PROJECT,
+            "provider": "noLogin",
+        },
     )
     http.get("/nowhere", params={"accessToken": "query-secret-token-value"})
     deadline = time.monotonic() + 5
