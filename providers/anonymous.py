@@ -3,38 +3,17 @@ id must be a UUID; the same device always maps to the same user."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from providers.base import (
-    InvalidArgument,
-    Provider,
-    Reply,
-    Request,
-    Session,
-    canonical_uuid,
-    optional_str,
-)
+from providers.base import Provider
+from providers.kit.inputs import optional_str, require_device_id
+from providers.values import Reply, Request, Session
 
 
-def _device(req: Request) -> str:
-    raw: Any = req.data.get("deviceId") or req.device_id
-    if not raw:
-        raise InvalidArgument(
-            "MISSING_DEVICE_ID", "data.deviceId is required", metadata={"field": "deviceId"}
-        )
-    if not isinstance(raw, str):
-        raise InvalidArgument(
-            "INVALID_DEVICE_ID", "deviceId must be a UUID", metadata={"field": "deviceId"}
-        )
-    return canonical_uuid(raw, field_name="deviceId", reason="INVALID_DEVICE_ID")
-
-
-class AnonymousProvider(Provider):
+class AnonymousProvider(Provider[None]):
     name = "anonymous"
     strategies = ("simplified",)
 
     async def create_user(self, req: Request) -> Reply:
-        device_id = _device(req)
+        device_id = require_device_id(req)
         additional = optional_str(req.data, "additionalId", max_len=256)
         attributes = {"additionalId": additional} if additional else {}
         user, created = await self.ctx.accounts.ensure_user(device_id, attributes=attributes)
@@ -53,6 +32,6 @@ class AnonymousProvider(Provider):
         )
 
     async def login(self, req: Request) -> Session:
-        device_id = _device(req)
+        device_id = require_device_id(req)
         user, _ = await self.ctx.accounts.ensure_user(device_id)
         return await self.ctx.accounts.sign_in(user, device_id=device_id)

@@ -1,200 +1,92 @@
-"""What a provider is, what it may raise, and what the core hands it.
+"""The plug-in contract: what a provider is and what the core hands it.
 
-Providers return domain values (`Reply`, `Session`) or raise `ProviderError`
-subclasses; they never build gRPC replies or statuses. The server maps each
-error class to one canonical status in one place (server/errors.py).
+A provider subclasses `Provider`, declares its settings in `read_settings`,
+returns domain values (`Reply`, `Session`) or raises domain errors
+(providers/values.py), and sees the store and the token helpers only through
+`ProviderContext` and `Accounts` below, never through `server.*` imports.
 
-A provider sees the store and the token helpers only through `ProviderContext`
-and `Accounts` below, never through `server.*` imports.
+What a plug-in needs besides the contract is re-exported here, so a
+third-party package imports one module; the kit (providers/kit/) has the
+rest (HTTP helpers, the JWT verifier, the social base).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import httpx
 
-JSON = dict[str, Any]
+from providers.kit.inputs import (
+    app_profile_arg,
+    canonical_uuid,
+    device_id_arg,
+    optional_str,
+    require_device_id,
+    require_str,
+)
+from providers.kit.settings import SettingsError, SettingsReader
+from providers.kit.tokens import require_bearer
+from providers.values import (
+    JSON,
+    AlreadyExists,
+    Device,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    NotSupported,
+    PermissionDenied,
+    ProfileView,
+    Project,
+    ProviderError,
+    Reply,
+    Request,
+    ResourceExhausted,
+    Session,
+    Unauthenticated,
+    Unavailable,
+    UpstreamTokens,
+    User,
+)
+
+__all__ = [
+    "JSON",
+    "Accounts",
+    "AlreadyExists",
+    "Device",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "NotSupported",
+    "PermissionDenied",
+    "ProfileView",
+    "Project",
+    "Provider",
+    "ProviderContext",
+    "ProviderError",
+    "Reply",
+    "Request",
+    "ResourceExhausted",
+    "Session",
+    "SettingsError",
+    "SettingsReader",
+    "Unauthenticated",
+    "Unavailable",
+    "UpstreamTokens",
+    "User",
+    "app_profile_arg",
+    "canonical_uuid",
+    "device_id_arg",
+    "optional_str",
+    "require_bearer",
+    "require_device_id",
+    "require_str",
+]
+
+S = TypeVar("S")
 T = TypeVar("T")
 
 
-# --------------------------------------------------------------------------
-# Domain errors. `code` is a grpc.StatusCode name; `reason` is the stable
-# UPPER_SNAKE_CASE ErrorInfo reason clients branch on; `message` is for humans
-# and must never carry upstream error text, tokens or secrets.
-# --------------------------------------------------------------------------
-class ProviderError(Exception):
-    code: ClassVar[str] = "INTERNAL"
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.metadata = dict(metadata or {})
-        self.retry_after = retry_after
-
-
-class InvalidArgument(ProviderError):
-    code = "INVALID_ARGUMENT"
-
-
-class FailedPrecondition(ProviderError):
-    code = "FAILED_PRECONDITION"
-
-
-class NotFound(ProviderError):
-    code = "NOT_FOUND"
-
-
-class AlreadyExists(ProviderError):
-    code = "ALREADY_EXISTS"
-
-
-class Unauthenticated(ProviderError):
-    code = "UNAUTHENTICATED"
-
-
-class PermissionDenied(ProviderError):
-    code = "PERMISSION_DENIED"
-
-
-class ResourceExhausted(ProviderError):
-    """Throttled; set `retry_after` (seconds) so clients get RetryInfo."""
-
-    code = "RESOURCE_EXHAUSTED"
-
-
-class Unavailable(ProviderError):
-    """The upstream identity provider or the store cannot be reached."""
-
-    code = "UNAVAILABLE"
-
-
-class NotSupported(ProviderError):
-    code = "UNIMPLEMENTED"
-
-
-# --------------------------------------------------------------------------
-# Values
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Project:
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Request:
-    """One call as the provider sees it, already validated for the common
-    fields (project exists, provider enabled, strategy fits)."""
-
-    project: Project
-    provider: str
-    strategy: str
-    data: JSON = field(default_factory=dict)
-    # The raw bearer token from the Authorization header, if any.
-    bearer: str | None = None
-    device_id: str | None = None
-    external_id: str | None = None
-    user_id: str | None = None
-    access_token: str | None = None
-    refresh_token: str | None = None
-    request_id: str = ""
-
-
-@dataclass(frozen=True)
-class User:
-    user_id: str
-    project_id: str
-    provider: str
-    subject: str
-    external_id: str
-    created_at: int
-    updated_at: int
-    username: str | None = None
-    attributes: JSON = field(default_factory=dict)
-    app_profile: JSON | None = None
-    # Tokens issued (iat) before this Unix time are refused (logout).
-    valid_after: int = 0
-
-
-@dataclass(frozen=True)
-class Device:
-    device_id: str
-    sign_up: int
-    last_login: int
-    time_stamp: int
-    signature: str
-
-
-@dataclass(frozen=True)
-class ProfileView:
-    user: User
-    devices: Sequence[Device]
-    # Unix seconds of the most recent logins, oldest first (at most 50).
-    login_history: Sequence[int]
-
-    def devices_json(self) -> list[JSON]:
-        return [
-            {
-                "deviceId": d.device_id,
-                "lastLogin": d.last_login,
-                "signUp": d.sign_up,
-                "userId": self.user.user_id,
-                "timeStamp": d.time_stamp,
-                "signature": d.signature,
-            }
-            for d in self.devices
-        ]
-
-
-@dataclass(frozen=True)
-class UpstreamTokens:
-    access_token: str | None = None
-    refresh_token: str | None = None
-
-
-@dataclass(frozen=True)
-class Session:
-    device_id: str
-    time_stamp: int
-    signature: str
-    external_id: str
-    user_id: str
-    sign_up: int
-    profile_token: str
-    access_token: str | None = None
-    refresh_token: str | None = None
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a non-session call returns. `data` becomes the envelope's `data`.
-
-    `flat=True` asks for the flat noLogin shape instead: strategy, provider,
-    projectId, externalId, appProfile beside result/message, no `data`."""
-
-    message: str = "OK"
-    data: JSON | None = None
-    flat: bool = False
-    external_id: str | None = None
-    app_profile: JSON | None = None
-
-
-# --------------------------------------------------------------------------
-# What the core offers a provider.
-# --------------------------------------------------------------------------
 class Accounts(Protocol):
     """Users and devices of one project and one provider. Every method is
     scoped: nothing here can reach another project's rows."""
@@ -279,12 +171,10 @@ class ProviderContext(Protocol):
     def mint_profile_token(self, user: User, *, device_id: str | None = None) -> str: ...
 
 
-ProviderFactory = Callable[[Mapping[str, Any], ProviderContext], "Provider"]
-
-
-class Provider:
-    """Base class for identity providers. Override what the provider supports;
-    everything else answers UNIMPLEMENTED with reason OPERATION_NOT_SUPPORTED.
+class Provider(Generic[S]):
+    """Base class for identity providers, generic over the provider's parsed
+    settings. Override what the provider supports; everything else answers
+    UNIMPLEMENTED with reason OPERATION_NOT_SUPPORTED.
 
     One instance exists per (project, provider settings); it may keep caches
     (JWKS, clients) and must be safe for concurrent calls.
@@ -295,14 +185,27 @@ class Provider:
     # Strategies this provider accepts; the first is used when none is sent.
     strategies: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
+    def __init__(self, settings: S, ctx: ProviderContext) -> None:
         self.settings = settings
         self.ctx = ctx
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        """Raise ValueError with a readable message if settings are wrong.
-        Called when the config is loaded, so mistakes stop the start."""
+    def read_settings(cls, s: SettingsReader) -> S:
+        """Declare the provider's settings by reading each of them once, and
+        return them parsed (a frozen dataclass, say). Keys not read here are
+        refused by name. The default: a provider without settings."""
+        return cast(S, None)
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> S:
+        """THE parse of a settings block: the typed settings, or ValueError
+        (SettingsError) naming the bad setting. Called when the config is
+        loaded, so mistakes stop the start, and again when an instance is
+        built, whose settings are what it returns."""
+        reader = SettingsReader(settings, owner=cls.name)
+        parsed = cls.read_settings(reader)
+        reader.finish()
+        return parsed
 
     async def aclose(self) -> None:
         """Release what the instance holds (clients, tasks)."""
@@ -346,82 +249,3 @@ class Provider:
 
     async def logout(self, req: Request) -> Reply:
         raise self._unsupported("logout")
-
-
-# --------------------------------------------------------------------------
-# Small shared checks providers use on their input.
-# --------------------------------------------------------------------------
-def require_bearer(req: Request) -> str:
-    if not req.bearer:
-        raise Unauthenticated(
-            "MISSING_BEARER_TOKEN", "an Authorization: Bearer <token> header is required"
-        )
-    return req.bearer
-
-
-def require_str(data: Mapping[str, Any], key: str, *, max_len: int = 2048) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidArgument(
-            "MISSING_FIELD", f"data.{key} is required and must be a string", metadata={"field": key}
-        )
-    if len(value) > max_len:
-        raise InvalidArgument(
-            "FIELD_TOO_LONG", f"data.{key} is longer than {max_len}", metadata={"field": key}
-        )
-    return value
-
-
-def optional_str(data: Mapping[str, Any], key: str, *, max_len: int = 2048) -> str | None:
-    if data.get(key) in (None, ""):
-        return None
-    return require_str(data, key, max_len=max_len)
-
-
-def canonical_uuid(value: str, *, field_name: str, reason: str = "INVALID_UUID") -> str:
-    """Lowercase canonical form of a UUID, or INVALID_ARGUMENT."""
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidArgument(
-            reason, f"{field_name} must be a UUID", metadata={"field": field_name}
-        ) from None
-
-
-APP_PROFILE_MAX_BYTES = 16 * 1024
-
-
-def app_profile_arg(data: Mapping[str, Any]) -> JSON | None:
-    """data.appProfile: a JSON object of at most 16 KiB (compact UTF-8 JSON),
-    or None when absent. The same rule for every provider that stores one."""
-    if data.get("appProfile") is None:
-        return None
-    profile = data["appProfile"]
-    if not isinstance(profile, dict):
-        raise InvalidArgument(
-            "APP_PROFILE_NOT_OBJECT",
-            "data.appProfile must be a JSON object",
-            metadata={"field": "appProfile"},
-        )
-    size = len(json.dumps(profile, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > APP_PROFILE_MAX_BYTES:
-        raise InvalidArgument(
-            "APP_PROFILE_TOO_LARGE",
-            f"data.appProfile is {size} bytes; the limit is {APP_PROFILE_MAX_BYTES}",
-            metadata={"field": "appProfile", "limit": str(APP_PROFILE_MAX_BYTES)},
-        )
-    return profile
-
-
-async def guarded(awaitable: Awaitable[T]) -> T:
-    """Await an upstream call, turning transport failures into UNAVAILABLE."""
-    try:
-        return await awaitable
-    except httpx.TimeoutException:
-        raise Unavailable(
-            "UPSTREAM_TIMEOUT", "the identity provider did not answer in time", retry_after=1.0
-        ) from None
-    except httpx.TransportError:
-        raise Unavailable(
-            "UPSTREAM_UNAVAILABLE", "the identity provider cannot be reached", retry_after=1.0
-        ) from None

@@ -11,35 +11,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping
+import re
+from dataclasses import dataclass
 from typing import Any
 
-from providers.base import (
-    JSON,
-    Provider,
-    ProviderContext,
-    ProviderError,
-    Reply,
-    Request,
-    Unauthenticated,
-)
-from providers.social import SocialIdentity, ensure_same_user, social_check, social_token
-from providers.upstream import (
+from providers.base import ProviderContext
+from providers.kit.http import (
     UpstreamReply,
     get_json,
     keep_queries_out_of_logs,
     misconfigured,
     rate_limited,
-    reject_unknown,
-    timeout_setting,
     upstream_error,
-    url_setting,
 )
+from providers.kit.settings import SettingsReader
+from providers.kit.social import SocialIdentity, SocialProvider, ensure_same_user
+from providers.values import JSON, ProviderError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
-SETTINGS = {"appId", "appSecret", "graphUrl", "timeoutSeconds"}
+_APP_ID = re.compile(r"^\d+$")
 
 # Graph error codes (developers.facebook.com/docs/graph-api/guides/error-handling).
 _TOKEN_ERROR = 190
@@ -50,54 +42,38 @@ _TRANSIENT_CODES = {1, 2}
 _BUC_THROTTLE = range(80000, 80100)
 
 
-def _app_id(settings: Mapping[str, Any]) -> str:
-    value = settings.get("appId")
-    # YAML reads an unquoted id as a number; both spellings mean the same app.
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or not value.isdigit():
-        raise ValueError("facebook: appId is required and must be the numeric app id")
-    return value
-
-
-def _app_secret(settings: Mapping[str, Any]) -> str:
-    value = settings.get("appSecret")
-    if not isinstance(value, str) or not value:
-        raise ValueError("facebook: appSecret is required")
-    return value
+@dataclass(frozen=True)
+class FacebookSettings:
+    app_id: str
+    app_secret: str
+    graph_url: str
+    timeout: float
 
 
 def appsecret_proof(app_secret: str, token: str) -> str:
     return hmac.new(app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
-class FacebookProvider(Provider):
+class FacebookProvider(SocialProvider[FacebookSettings]):
     name = "facebook"
-    strategies = ("email",)
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
+    def __init__(self, settings: FacebookSettings, ctx: ProviderContext) -> None:
         super().__init__(settings, ctx)
-        self.validate_settings(settings)
-        self._app_id = _app_id(settings)
-        self._app_secret = _app_secret(settings)
-        self._graph = url_setting(settings, "graphUrl", DEFAULT_GRAPH_URL)
-        self._timeout = timeout_setting(settings)
         keep_queries_out_of_logs()
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        reject_unknown(settings, SETTINGS, cls.name)
-        _app_id(settings)
-        _app_secret(settings)
-        url_setting(settings, "graphUrl", DEFAULT_GRAPH_URL)
-        timeout_setting(settings)
+    def read_settings(cls, s: SettingsReader) -> FacebookSettings:
+        return FacebookSettings(
+            # YAML reads an unquoted id as a number; both spellings mean the same app.
+            app_id=s.required_string(
+                "appId", pattern=_APP_ID, hint="the numeric app id", numbers=True
+            ),
+            app_secret=s.required_string("appSecret"),
+            graph_url=s.url("graphUrl", default=DEFAULT_GRAPH_URL, base=True),
+            timeout=s.timeout(),
+        )
 
-    async def check_user_nonstandard(self, req: Request) -> Reply:
-        token = social_token(req, provider=self.name)
-        who = await self.identify(token, user_id=req.user_id)
-        return await social_check(self.ctx, req, **who.as_kwargs())
-
-    async def identify(self, token: str, *, user_id: str | None = None) -> SocialIdentity:
+    async def identify(self, token: str, *, user_id: str | None) -> SocialIdentity:
         """Whose token this is, once Graph vouched that it is valid, issued
         to this project's app, unexpired, and (when given) `user_id`'s."""
         info = await self._debug_token(token)
@@ -118,9 +94,12 @@ class FacebookProvider(Provider):
     async def _debug_token(self, token: str) -> JSON:
         reply = await get_json(
             self.ctx.http,
-            f"{self._graph}/debug_token",
-            params={"input_token": token, "access_token": f"{self._app_id}|{self._app_secret}"},
-            timeout_s=self._timeout,
+            f"{self.settings.graph_url}/debug_token",
+            params={
+                "input_token": token,
+                "access_token": f"{self.settings.app_id}|{self.settings.app_secret}",
+            },
+            timeout_s=self.settings.timeout,
         )
         if reply.status != 200 or not isinstance(reply.body, dict):
             # A top-level error from debug_token is about the app token (our
@@ -132,7 +111,7 @@ class FacebookProvider(Provider):
         if not data.get("is_valid"):
             reason = self._token_reason(data.get("error"))
             raise self._invalid("TOKEN_EXPIRED" if self._expired(data) else reason)
-        if str(data.get("app_id")) != self._app_id:
+        if str(data.get("app_id")) != self.settings.app_id:
             raise self._invalid("WRONG_APP")
         if data.get("type", "USER") != "USER" or not data.get("user_id"):
             # Page, app and system-user tokens do not identify a person.
@@ -144,13 +123,13 @@ class FacebookProvider(Provider):
     async def _me(self, token: str) -> JSON:
         reply = await get_json(
             self.ctx.http,
-            f"{self._graph}/me",
+            f"{self.settings.graph_url}/me",
             params={
                 "fields": "id,name,email",
                 "access_token": token,
-                "appsecret_proof": appsecret_proof(self._app_secret, token),
+                "appsecret_proof": appsecret_proof(self.settings.app_secret, token),
             },
-            timeout_s=self._timeout,
+            timeout_s=self.settings.timeout,
         )
         if reply.status != 200 or not isinstance(reply.body, dict):
             raise self._graph_error(reply, about_app=False)
@@ -185,15 +164,15 @@ class FacebookProvider(Provider):
         if about_app:
             log.error(
                 "facebook Graph refused the app credentials of app %s (code %s, fbtrace_id %s)",
-                self._app_id,
+                self.settings.app_id,
                 code,
                 error.get("fbtrace_id"),
             )
-            return misconfigured(self.name)
+            return misconfigured(self.name, "this project's app credentials")
         if code == 100 and "appsecret_proof" in str(error.get("message", "")):
             # debug_token already matched the app id, so the secret is wrong.
-            log.error("facebook Graph refused appsecret_proof for app %s", self._app_id)
-            return misconfigured(self.name)
+            log.error("facebook Graph refused appsecret_proof for app %s", self.settings.app_id)
+            return misconfigured(self.name, "this project's app secret")
         if code == _TOKEN_ERROR or reply.status in (400, 401, 403):
             return self._invalid(self._token_reason(error))
         return upstream_error(self.name, reply.status)

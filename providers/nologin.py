@@ -7,20 +7,14 @@ from __future__ import annotations
 import re
 import uuid
 
-from providers.base import (
-    InvalidArgument,
-    NotFound,
-    Provider,
-    Reply,
-    Request,
-    User,
-    app_profile_arg,
-)
+from providers.base import Provider
+from providers.kit.inputs import app_profile_arg
+from providers.values import InvalidArgument, NotFound, Reply, Request, User
 
 _EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
-class NoLoginProvider(Provider):
+class NoLoginProvider(Provider[None]):
     name = "noLogin"
     strategies = ("simplified",)
 

@@ -25,47 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from providers.base import (
-    JSON,
-    InvalidArgument,
-    ProfileView,
-    Provider,
-    ProviderContext,
-    Reply,
-    Request,
-    User,
-    app_profile_arg,
-    canonical_uuid,
-    guarded,
-    optional_str,
-    require_bearer,
-)
-from providers.jwtverify import (
-    Claims,
-    JwtVerifier,
-    VerifierConfig,
-    refuse_if_revoked,
-    url_setting,
-)
-from providers.upstream import rate_limited, reject_unknown, upstream_error
+from providers.base import Provider, ProviderContext
+from providers.kit.http import guarded, json_object, rate_limited, retry_after, upstream_error
+from providers.kit.inputs import app_profile_arg, optional_str, require_device_id
+from providers.kit.jwt import Claims, JwtVerifier, VerifierConfig
+from providers.kit.settings import SettingsError, SettingsReader
+from providers.kit.tokens import refuse_if_revoked, require_bearer
+from providers.values import JSON, InvalidArgument, ProfileView, Reply, Request, User
 
 log = logging.getLogger(__name__)
 
 USERNAME_MAX_CHARS = 128
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,63}$")
-
-VERIFIER_SETTINGS = frozenset(
-    {
-        "issuer",
-        "jwksUri",
-        "audience",
-        "algorithms",
-        "leeway",
-        "jwksCacheTtl",
-        "jwksRefetchInterval",
-        "timeoutSeconds",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -77,44 +48,38 @@ class OidcSettings:
     claims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-class OidcProvider(Provider):
+class OidcProvider(Provider[OidcSettings]):
     name: ClassVar[str] = "oidc"
     strategies: ClassVar[tuple[str, ...]] = ("email",)
-    known_settings: ClassVar[frozenset[str]] = VERIFIER_SETTINGS | {"userinfoUrl", "claims"}
     default_claims: ClassVar[Mapping[str, tuple[str, ...]]] = {
         "username": ("preferred_username",),
         "email": ("email",),
         "nickname": ("nickname",),
     }
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
+    def __init__(self, settings: OidcSettings, ctx: ProviderContext) -> None:
         super().__init__(settings, ctx)
-        self.config = self.parse_settings(settings)
-        self.verifier = JwtVerifier(self.config.verifier, ctx.http, now=ctx.now)
+        self.verifier = JwtVerifier(settings.verifier, ctx.http, now=ctx.now)
 
     # ------------------------------------------------------------ settings
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        cls.parse_settings(settings)
-
-    @classmethod
-    def parse_settings(cls, settings: Mapping[str, Any]) -> OidcSettings:
-        reject_unknown(settings, set(cls.known_settings), cls.name)
+    def read_settings(cls, s: SettingsReader) -> OidcSettings:
         return OidcSettings(
-            verifier=VerifierConfig.from_settings(settings),
-            userinfo_url=url_setting(settings, "userinfoUrl"),
-            claims=cls._claims_setting(settings),
+            verifier=cls.read_verifier(s),
+            userinfo_url=s.url("userinfoUrl"),
+            claims=cls._claims_setting(s.mapping("claims")),
         )
 
     @classmethod
-    def _claims_setting(cls, settings: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-        given = settings.get("claims", {})
-        if not isinstance(given, Mapping):
-            raise ValueError("claims must map attribute names to claim names")
+    def read_verifier(cls, s: SettingsReader) -> VerifierConfig:
+        return VerifierConfig.read(s)
+
+    @classmethod
+    def _claims_setting(cls, given: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         merged: dict[str, tuple[str, ...]] = dict(cls.default_claims)
         for attr, source in given.items():
             if not isinstance(attr, str) or not _ATTRIBUTE_NAME.match(attr):
-                raise ValueError(f"claims: {attr!r} is not a valid attribute name")
+                raise SettingsError(f"claims: {attr!r} is not a valid attribute name")
             if source is None:  # switches a default mapping off
                 merged.pop(attr, None)
                 continue
@@ -124,7 +89,7 @@ class OidcProvider(Provider):
                 or not names
                 or not all(isinstance(n, str) and n for n in names)
             ):
-                raise ValueError(f"claims.{attr} must be a claim name or a list of claim names")
+                raise SettingsError(f"claims.{attr} must be a claim name or a list of claim names")
             merged[attr] = tuple(names)
         return merged
 
@@ -134,11 +99,7 @@ class OidcProvider(Provider):
         return Reply(message="OK", data=self.profile_data(await self.ctx.accounts.profile(user)))
 
     async def check_user(self, req: Request) -> Reply:
-        if not req.device_id:
-            raise InvalidArgument(
-                "MISSING_FIELD", "deviceId is required", metadata={"field": "deviceId"}
-            )
-        device_id = canonical_uuid(req.device_id, field_name="deviceId")
+        device_id = require_device_id(req)
         user, _ = await self.authenticate(req)
         await self.ctx.accounts.record_login(user, device_id)
         return Reply(message="OK", data=self.profile_data(await self.ctx.accounts.profile(user)))
@@ -196,13 +157,13 @@ class OidcProvider(Provider):
             user, _ = await self.ctx.accounts.ensure_user(
                 subject, attributes=attributes, username=username
             )
-        refuse_if_revoked(claims, user)
+        refuse_if_revoked(user, claims["iat"])
         return user, claims
 
     def seed(self, source: Claims) -> tuple[str | None, JSON]:
         """The username and attributes a new user starts with."""
         found: dict[str, str] = {}
-        for attr, names in self.config.claims.items():
+        for attr, names in self.settings.claims.items():
             value = next((source[n] for n in names if _text(source.get(n))), None)
             if value is not None:
                 found[attr] = value[:USERNAME_MAX_CHARS] if attr == "username" else value
@@ -211,14 +172,14 @@ class OidcProvider(Provider):
     async def userinfo(self, token: str, claims: Claims) -> Claims:
         """The token's claims, completed by /userinfo when it is configured
         (access tokens often carry no profile claims at all)."""
-        url = self.config.userinfo_url
+        url = self.settings.userinfo_url
         if url is None:
             return claims
         resp = await guarded(
             self.ctx.http.get(
                 url,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=self.config.verifier.timeout,
+                timeout=self.settings.verifier.timeout,
             )
         )
         if resp.status_code in (401, 403):
@@ -227,12 +188,9 @@ class OidcProvider(Provider):
             log.info("%s userinfo refused the token (HTTP %d)", self.name, resp.status_code)
             return claims
         if resp.status_code == 429:
-            raise rate_limited(self.name, retry_after_header(resp.headers))
-        try:
-            info = resp.json() if resp.status_code == 200 else None
-        except ValueError:
-            info = None
-        if not isinstance(info, dict):
+            raise rate_limited(self.name, retry_after(resp.headers, now=self.ctx.now()))
+        info = json_object(resp) if resp.status_code == 200 else None
+        if info is None:
             # Failing here, before the user exists, lets the next call seed it.
             raise upstream_error(self.name, resp.status_code)
         if info.get("sub") != claims["sub"]:
@@ -241,13 +199,6 @@ class OidcProvider(Provider):
             log.warning("%s userinfo answered for another subject; ignored", self.name)
             return claims
         return {**claims, **info}
-
-
-def retry_after_header(headers: Mapping[str, str]) -> float:
-    try:
-        return float(headers.get("retry-after", "1"))
-    except ValueError:
-        return 1.0
 
 
 def _text(value: Any) -> bool:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from providers.base import Provider
+
+ProviderClass = type[Provider[Any]]
 
 GROUP = "identify.providers"
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Unavailable:
+class BrokenProvider:
     """A declared provider whose code could not be loaded."""
 
     name: str
@@ -24,44 +27,43 @@ class Unavailable:
 
 
 class Registry:
-    def __init__(self, classes: dict[str, type[Provider]], broken: dict[str, Unavailable]) -> None:
+    def __init__(
+        self, classes: dict[str, ProviderClass], broken: dict[str, BrokenProvider]
+    ) -> None:
         self._classes = classes
         self._broken = broken
 
     @classmethod
     def discover(cls) -> Registry:
-        classes: dict[str, type[Provider]] = {}
-        broken: dict[str, Unavailable] = {}
+        classes: dict[str, ProviderClass] = {}
+        broken: dict[str, BrokenProvider] = {}
         for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
             loaded = _load(ep)
-            if isinstance(loaded, Unavailable):
+            if isinstance(loaded, BrokenProvider):
                 broken[ep.name] = loaded
             else:
                 classes[ep.name] = loaded
         return cls(classes, broken)
 
-    def get(self, name: str) -> type[Provider] | None:
+    def get(self, name: str) -> ProviderClass | None:
         return self._classes.get(name)
 
-    def unavailable(self, name: str) -> Unavailable | None:
+    def broken(self, name: str) -> BrokenProvider | None:
         return self._broken.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._classes)
 
-    def known(self, name: str) -> bool:
-        return name in self._classes or name in self._broken
 
-
-def _load(ep: EntryPoint) -> type[Provider] | Unavailable:
+def _load(ep: EntryPoint) -> ProviderClass | BrokenProvider:
     try:
         obj = ep.load()
     except ImportError as exc:
         log.warning("provider %s is declared but cannot be imported: %s", ep.name, exc)
-        return Unavailable(ep.name, "not implemented in this build")
+        return BrokenProvider(ep.name, "not implemented in this build")
     if not (isinstance(obj, type) and issubclass(obj, Provider)):
         log.warning("provider %s does not point at a Provider subclass", ep.name)
-        return Unavailable(ep.name, "entry point is not a Provider")
+        return BrokenProvider(ep.name, "entry point is not a Provider")
     if obj.name != ep.name:
         log.warning("provider %s: class says name %r; the entry point name wins", ep.name, obj.name)
     return obj

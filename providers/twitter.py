@@ -9,72 +9,41 @@ the X user id (handles can be renamed; ids cannot)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
-from providers.base import (
-    JSON,
-    PermissionDenied,
-    Provider,
-    ProviderContext,
-    ProviderError,
-    Reply,
-    Request,
-    Unauthenticated,
-)
-from providers.social import (
-    SocialIdentity,
-    ensure_same_user,
-    require_user_id,
-    social_check,
-    social_token,
-)
-from providers.upstream import (
-    UpstreamReply,
-    get_json,
-    rate_limited,
-    reject_unknown,
-    timeout_setting,
-    upstream_error,
-    url_setting,
-)
+from providers.kit.http import UpstreamReply, get_json, rate_limited, retry_after, upstream_error
+from providers.kit.settings import SettingsReader
+from providers.kit.social import SocialIdentity, SocialProvider
+from providers.values import JSON, PermissionDenied, ProviderError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.x.com"
-SETTINGS = {"apiUrl", "timeoutSeconds"}
 # When X sends a 429 without a usable reset time.
 _DEFAULT_RETRY_AFTER = 60.0
 
 
-class TwitterProvider(Provider):
-    name = "twitter"
-    strategies = ("email",)
+@dataclass(frozen=True)
+class TwitterSettings:
+    api_url: str
+    timeout: float
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
-        super().__init__(settings, ctx)
-        self.validate_settings(settings)
-        self._api = url_setting(settings, "apiUrl", DEFAULT_API_URL)
-        self._timeout = timeout_setting(settings)
+
+class TwitterProvider(SocialProvider[TwitterSettings]):
+    name = "twitter"
+    requires_user_id = True
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        reject_unknown(settings, SETTINGS, cls.name)
-        url_setting(settings, "apiUrl", DEFAULT_API_URL)
-        timeout_setting(settings)
+    def read_settings(cls, s: SettingsReader) -> TwitterSettings:
+        return TwitterSettings(
+            api_url=s.url("apiUrl", default=DEFAULT_API_URL, base=True), timeout=s.timeout()
+        )
 
-    async def check_user_nonstandard(self, req: Request) -> Reply:
-        token = social_token(req, provider=self.name)
-        user_id = require_user_id(req, provider=self.name)
-        who = await self.identify(token, user_id=user_id)
-        return await social_check(self.ctx, req, **who.as_kwargs())
-
-    async def identify(self, token: str, *, user_id: str) -> SocialIdentity:
+    async def identify(self, token: str, *, user_id: str | None) -> SocialIdentity:
         """Whose token this is: X answers /2/users/me only for the token's
-        owner, who must be `user_id`."""
+        owner (who must be the `userId` the app sent; the base checks it)."""
         me = await self._users_me(token)
         x_id = str(me["id"])
-        ensure_same_user(user_id, x_id, provider=self.name)
         return SocialIdentity(
             subject=x_id,
             attributes={"name": me.get("name"), "username": me.get("username")},
@@ -84,9 +53,9 @@ class TwitterProvider(Provider):
     async def _users_me(self, token: str) -> JSON:
         reply = await get_json(
             self.ctx.http,
-            f"{self._api}/2/users/me",
+            f"{self.settings.api_url}/2/users/me",
             headers={"Authorization": f"Bearer {token}"},
-            timeout_s=self._timeout,
+            timeout_s=self.settings.timeout,
         )
         if reply.status != 200:
             raise self._error(reply)
@@ -118,8 +87,9 @@ class TwitterProvider(Provider):
 
     def _retry_after(self, reply: UpstreamReply) -> float:
         # x-rate-limit-reset is the Unix second at which the window reopens.
-        try:
-            reset = int(reply.headers.get("x-rate-limit-reset", ""))
-        except ValueError:
-            return _DEFAULT_RETRY_AFTER
-        return float(min(max(reset - self.ctx.now(), 1), 900))
+        return retry_after(
+            reply.headers,
+            now=self.ctx.now(),
+            default=_DEFAULT_RETRY_AFTER,
+            reset_header="x-rate-limit-reset",
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from providers.base import JSON, Device, ProfileView, Session, UpstreamTokens, User
+from providers.values import JSON, Device, ProfileView, Session, UpstreamTokens, User
 from server import tokens
 from server.clock import now
 from server.keys import KeyStore

@@ -29,6 +29,7 @@ from server.store.db import Database
 
 log = logging.getLogger(__name__)
 SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
+MAX_METADATA_BYTES = 64 * 1024
 
 
 @dataclass
@@ -96,6 +97,11 @@ class Service:
             interceptors=[AccessLogInterceptor()],
             options=[
                 ("grpc.max_receive_message_length", 1 << 20),
+                # Envoy passes up to 60 KiB of headers; gRPC's defaults (8 KiB
+                # soft, 16 KiB hard) would refuse some at random with
+                # RESOURCE_EXHAUSTED before our own bounds could answer.
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.so_reuseport", 0),

@@ -97,7 +97,7 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
                 raise ConfigError(f"{where}.providers.{provider_name}: settings must be a mapping")
             cls = registry.get(provider_name)
             if cls is None:
-                missing = registry.unavailable(provider_name)
+                missing = registry.broken(provider_name)
                 why = missing.why if missing else "unknown provider"
                 known = ", ".join(registry.names())
                 raise ConfigError(f"{where}.providers.{provider_name}: {why} (available: {known})")

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from providers.base import User
+from providers.values import User
 from server.accounts import ScopedAccounts
 from server.clock import now
 

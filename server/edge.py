@@ -11,6 +11,10 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.rpc import code_pb2
+
+from server import errors
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "generated" / "identify.pb"
@@ -22,16 +26,24 @@ LOCAL_REPLIES: dict[int, tuple[int, str, str]] = {
     # Fixed text on purpose: the transcoder's own message quotes the body,
     # which may hold a password.
     400: (
-        3,
+        code_pb2.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
         "the request is malformed: invalid JSON, an unknown field or an unknown query parameter",
     ),
-    404: (5, "UNKNOWN_PATH", "no such path or method"),
-    405: (5, "UNKNOWN_PATH", "no such path or method"),
-    413: (8, "BODY_TOO_LARGE", f"the request body is over {MAX_BODY_BYTES} bytes"),
-    429: (8, "RATE_LIMITED", "too many requests"),
-    503: (14, "BACKEND_UNAVAILABLE", "the service is unavailable, try again shortly"),
-    504: (4, "BACKEND_TIMEOUT", "the service did not answer in time"),
+    404: (code_pb2.NOT_FOUND, "UNKNOWN_PATH", "no such path or method"),
+    405: (code_pb2.NOT_FOUND, "UNKNOWN_PATH", "no such path or method"),
+    413: (
+        code_pb2.RESOURCE_EXHAUSTED,
+        "BODY_TOO_LARGE",
+        f"the request body is over {MAX_BODY_BYTES} bytes",
+    ),
+    429: (code_pb2.RESOURCE_EXHAUSTED, "RATE_LIMITED", "too many requests"),
+    503: (
+        code_pb2.UNAVAILABLE,
+        "BACKEND_UNAVAILABLE",
+        "the service is unavailable, try again shortly",
+    ),
+    504: (code_pb2.DEADLINE_EXCEEDED, "BACKEND_TIMEOUT", "the service did not answer in time"),
 }
 
 
@@ -82,7 +94,7 @@ def _mappers() -> list[dict[str, object]]:
                             {
                                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
                                 "reason": reason,
-                                "domain": "identify",
+                                "domain": errors.DOMAIN,
                             }
                         ],
                     },
@@ -136,6 +148,8 @@ def render(
         max_body_bytes=max_body_bytes,
         endpoints=json.dumps(endpoints),
         local_reply_mappers=json.dumps(_mappers()),
+        # Any other reply of Envoy's own (none is expected) says UNKNOWN.
+        unmapped_code=code_pb2.UNKNOWN,
         cors_policy=json.dumps(_cors(cors_origins)),
         min_healthy_percent=f"{min_healthy:.2f}",
     )

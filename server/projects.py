@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.base import Project, Provider
+from providers.base import Provider
 from providers.registry import Registry
+from providers.values import Project
 from server.config import ConfigError, resolve_env
 from server.store import repo
 from server.store.db import Database
@@ -31,12 +32,17 @@ class LoadedProject:
     secret: str
     settings: Mapping[str, Mapping[str, Any]]
     loaded_at: float
-    instances: dict[str, Provider] = field(default_factory=dict)
+    instances: dict[str, Provider[Any]] = field(default_factory=dict)
 
 
 class ProviderSetupError(Exception):
     """The stored settings of an enabled provider cannot be used here (for
     example a ${VAR} this process lacks)."""
+
+    def __init__(self, message: str, *, provider: str, project_id: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.project_id = project_id
 
 
 class ProjectCache:
@@ -59,7 +65,7 @@ class ProjectCache:
         self._entries: OrderedDict[str, LoadedProject | float] = OrderedDict()
         # Provider instances survive reloads while their settings are unchanged,
         # so their caches (JWKS, clients) are not thrown away every TTL.
-        self._instances: dict[tuple[str, str, str], Provider] = {}
+        self._instances: dict[tuple[str, str, str], Provider[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def get(self, project_id: str) -> LoadedProject | None:
@@ -91,7 +97,7 @@ class ProjectCache:
             self._locks.pop(project_id, None)
             return loaded if isinstance(loaded, LoadedProject) else None
 
-    def provider(self, loaded: LoadedProject, name: str) -> Provider:
+    def provider(self, loaded: LoadedProject, name: str) -> Provider[Any]:
         # Hot path: once per loaded project and provider, not per call.
         found = loaded.instances.get(name)
         if found is not None:
@@ -100,7 +106,7 @@ class ProjectCache:
         loaded.instances[name] = instance
         return instance
 
-    def _instance(self, loaded: LoadedProject, name: str) -> Provider:
+    def _instance(self, loaded: LoadedProject, name: str) -> Provider[Any]:
         cls = self._registry.get(name)
         if cls is None:
             raise LookupError(name)
@@ -112,15 +118,16 @@ class ProjectCache:
         instance = self._instances.get(key)
         if instance is None:
             try:
-                settings = resolve_env(raw)
-                cls.validate_settings(settings)
+                # The one parse of the settings; the instance gets its result.
+                settings = cls.validate_settings(resolve_env(raw))
             except (ConfigError, ValueError) as exc:
-                raise ProviderSetupError(str(exc)) from None
+                raise ProviderSetupError(
+                    str(exc), provider=name, project_id=loaded.project.id
+                ) from None
             stale = [k for k in self._instances if k[:2] == key[:2]]
             for old in stale:
                 asyncio.get_running_loop().create_task(self._instances.pop(old).aclose())
-            ctx = self._context_factory(loaded, name)
-            instance = cls(settings, ctx)
+            instance = cls(settings, self._context_factory(loaded, name))
             self._instances[key] = instance
         return instance
 

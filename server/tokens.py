@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from server.clock import now
 
 PROFILE_TOKEN_TTL = 15 * 60
 # A process may keep signing with a just-retired key until its next key
@@ -63,7 +64,7 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
-        return cls(uuid.uuid4().hex, ec.generate_private_key(ec.SECP256R1()), int(time.time()))
+        return cls(uuid.uuid4().hex, ec.generate_private_key(ec.SECP256R1()), now())
 
     @classmethod
     def from_pem(cls, kid: str, pem: str, created_at: int, retired_at: int | None) -> SigningKey:
@@ -121,10 +122,6 @@ class TokenSigner:
             algorithm=ALGORITHM,
             headers={"kid": self._active.kid},
         )
-
-    @property
-    def kid(self) -> str:
-        return self._active.kid
 
     def jwks(self, now: int) -> list[dict[str, str]]:
         live = [

@@ -200,3 +200,14 @@ def error_reason(body: Mapping[str, Any]) -> str | None:
         if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
             return str(detail.get("reason"))
     return None
+
+
+def refused(reply: httpx.Response, status: int, reason: str) -> dict[str, Any]:
+    """Asserts an error reply through the edge: its HTTP status, its
+    ErrorInfo reason in our domain; returns the body."""
+    assert reply.status_code == status, reply.text
+    body: dict[str, Any] = reply.json()
+    assert error_reason(body) == reason, body
+    [info] = [d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert info["domain"] == "identify"
+    return body

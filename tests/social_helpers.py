@@ -9,16 +9,26 @@ from typing import Any, TypeVar
 
 import httpx
 
+from providers.base import Project, Request
+
 T = TypeVar("T")
+
+PROJECT = Project(id="a69a31e9-f2e6-4d5f-b080-6138c6a721b7", name="p")
+
+
+def social_request(provider: str, **kw: Any) -> Request:
+    """A check call (`GET /user/check/nonstandard`) as a social provider sees it."""
+    return Request(project=PROJECT, provider=provider, strategy="email", **kw)
 
 
 class UpstreamContext:
     """Just the part of ProviderContext a provider's `identify` step uses
     (the pooled HTTP client and the clock); the store is exercised by the
-    end-to-end tests through the real server."""
+    end-to-end tests through the real server. With `offline=True` any
+    upstream call fails the test (for refusals that must cost no call)."""
 
-    def __init__(self) -> None:
-        self.http = httpx.AsyncClient()
+    def __init__(self, *, offline: bool = False) -> None:
+        self.http = httpx.AsyncClient(transport=_NoUpstream()) if offline else httpx.AsyncClient()
 
     def now(self) -> int:
         return int(time.time())
@@ -28,9 +38,14 @@ class UpstreamContext:
         raise AssertionError("identify() must not touch the store")
 
 
-def run_with_ctx(make: Callable[[UpstreamContext], Awaitable[T]]) -> T:
+class _NoUpstream(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no upstream call expected, got {request.method} {request.url}")
+
+
+def run_with_ctx(make: Callable[[UpstreamContext], Awaitable[T]], *, offline: bool = False) -> T:
     async def main() -> T:
-        ctx = UpstreamContext()
+        ctx = UpstreamContext(offline=offline)
         try:
             return await make(ctx)
         finally:

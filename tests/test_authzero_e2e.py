@@ -121,7 +121,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
         },
         AZ_SAME_ISSUER: {"authZero": _verifier(a, audience=AUD_B)},
         AZ_OTHER_ISSUER: {"authZero": _verifier(b)},
-        ROTATING: {"authZero": _verifier(r, jwksRefetchInterval=1)},
+        ROTATING: {"authZero": _verifier(r)},
         FLOODED: {"authZero": _verifier(f)},
         DOWN: {"authZero": _verifier(d)},
         UNREACHABLE: {
@@ -295,7 +295,9 @@ def test_check_records_device_and_login(world: World, prefix: str) -> None:
     assert world.get_user(token).json()["data"]["loginHistory"] == again["loginHistory"]
 
 
-@pytest.mark.parametrize(("device", "reason"), [(None, "MISSING_FIELD"), ("nope", "INVALID_UUID")])
+@pytest.mark.parametrize(
+    ("device", "reason"), [(None, "MISSING_DEVICE_ID"), ("nope", "INVALID_DEVICE_ID")]
+)
 def test_check_needs_a_device_uuid(world: World, device: str | None, reason: str) -> None:
     reply = world.check(world.token(world.a), device)
     assert reply.status_code == 400, reply.text
@@ -365,11 +367,12 @@ def test_token_of_project_a_is_refused_by_project_b(world: World) -> None:
 
 
 # ------------------------------------------------------------ keys and outages
-def test_key_rotation_is_accepted(world: World) -> None:
+def test_a_freshly_published_key_is_accepted_at_once(world: World) -> None:
     assert world.get_user(world.token(world.r), project=ROTATING).status_code == 200
     fetches = world.r.jwks_fetches
+    # The issuer rotates right after our fetch and signs with the new key at
+    # once: the first such token is accepted (default 30 s refetch interval).
     new = world.r.rotate(keep_old=False)
-    time.sleep(1.1)  # past the project's jwksRefetchInterval
     reply = world.get_user(world.token(world.r, key=new), project=ROTATING)
     assert reply.status_code == 200, reply.text
     assert world.r.jwks_fetches == fetches + 1
@@ -394,10 +397,12 @@ def test_refetch_bound_holds_under_a_flood_of_unknown_kids(world: World) -> None
     replies = asyncio.run(flood())
     assert {r.status_code for r in replies} == {401}
     assert {error_reason(r.json()) for r in replies} == {"UNKNOWN_SIGNING_KEY"}
-    # One fetch for the empty cache, shared by everyone; no refetch after.
-    assert world.f.jwks_fetches == 1
+    # Concurrent callers share a fetch, and the refetch budget (3 at once,
+    # then one per 30 s) bounds the rest however many kids are forged.
+    fetches = world.f.jwks_fetches
+    assert 1 <= fetches <= 3
     assert world.get_user(world.token(world.f), project=FLOODED).status_code == 200
-    assert world.f.jwks_fetches == 1
+    assert world.f.jwks_fetches == fetches
 
 
 @pytest.mark.parametrize("project", [DOWN, UNREACHABLE])

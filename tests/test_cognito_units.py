@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +27,6 @@ from jwt.algorithms import RSAAlgorithm
 from moto.server import ThreadedMotoServer
 from moto.utilities.utils import load_resource
 
-from providers import cognito_errors as op
 from providers.base import (
     AlreadyExists,
     FailedPrecondition,
@@ -38,10 +38,12 @@ from providers.base import (
     Unauthenticated,
     Unavailable,
 )
-from providers.cognito_errors import translate
-from providers.cognito_profile import attributes_of, email_of, writable_attributes
-from providers.cognito_settings import CognitoSettings
-from providers.cognito_tokens import AccessClaims, AccessTokenVerifier
+from providers.cognito import errors as op
+from providers.cognito.errors import translate
+from providers.cognito.profile import attributes_of, email_of, writable_attributes
+from providers.cognito.provider import AccessClaims, CognitoProvider
+from providers.cognito.settings import CognitoSettings
+from providers.kit.tokens import MAX_TOKEN_CHARS
 from tests.harness import free_port
 
 REGION = "us-east-1"
@@ -55,17 +57,36 @@ def settings(**over: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ settings
+def parse(raw: dict[str, Any]) -> CognitoSettings:
+    return CognitoProvider.validate_settings(raw)
+
+
 def test_settings_defaults_build_issuer_and_jwks_from_region_and_pool() -> None:
-    cfg = CognitoSettings.parse(settings())
+    cfg = parse(settings())
+    assert (cfg.region, cfg.user_pool_id, cfg.client_id) == (REGION, POOL, CLIENT)
     assert cfg.issuer == ISSUER
     assert cfg.jwks_url == f"{ISSUER}/.well-known/jwks.json"
     assert cfg.client_secret is None and cfg.endpoint_url is None
+    assert cfg.access_key_id is None and cfg.secret_access_key is None
+    assert cfg.session_token is None
     assert cfg.auto_confirm is False
     assert cfg.refresh_token_validity == 30 * 24 * 3600
+    assert cfg.timeout == 5.0
+
+
+def test_settings_configure_the_shared_verifier_for_cognito_access_tokens() -> None:
+    verifier = parse(settings()).verifier
+    assert verifier.issuers == (ISSUER,)
+    assert verifier.audiences == (CLIENT,)
+    # Cognito access tokens carry the app client in `client_id`, not `aud`.
+    assert verifier.audience_claim == "client_id"
+    assert dict(verifier.fixed_claims) == {"token_use": "access"}
+    assert verifier.algorithms == ("RS256",)
+    assert verifier.jwks_uri == f"{ISSUER}/.well-known/jwks.json"
 
 
 def test_settings_emulator_keeps_the_aws_issuer_but_its_own_jwks_url() -> None:
-    cfg = CognitoSettings.parse(
+    cfg = parse(
         settings(endpointUrl="http://127.0.0.1:5000/", jwksUrl="http://127.0.0.1:5000/x/jwks.json")
     )
     assert cfg.endpoint_url == "http://127.0.0.1:5000"
@@ -73,29 +94,77 @@ def test_settings_emulator_keeps_the_aws_issuer_but_its_own_jwks_url() -> None:
     assert cfg.issuer == ISSUER
 
 
+def test_settings_jwks_url_is_derived_from_the_endpoint_when_not_given() -> None:
+    cfg = parse(settings(endpointUrl="http://127.0.0.1:5000/"))
+    assert cfg.endpoint_url == "http://127.0.0.1:5000"
+    assert cfg.jwks_url == f"http://127.0.0.1:5000/{POOL}/.well-known/jwks.json"
+    assert cfg.verifier.jwks_uri == cfg.jwks_url
+    assert cfg.issuer == ISSUER
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:5000", "http://localhost:4566", "https://cognito.example.com"]
+)
+def test_settings_endpoint_is_https_or_plain_http_on_loopback(endpoint: str) -> None:
+    assert parse(settings(endpointUrl=endpoint)).endpoint_url == endpoint
+
+
+def test_settings_read_every_optional_value() -> None:
+    cfg = parse(
+        settings(
+            clientSecret=" s3cret ",
+            autoConfirm=True,
+            accessKeyId="AKIA",
+            secretAccessKey="sk",
+            sessionToken="st",
+            refreshTokenValiditySeconds=3600,
+            timeoutSeconds=2.5,
+        )
+    )
+    assert cfg.client_secret == "s3cret"
+    assert cfg.auto_confirm is True
+    assert (cfg.access_key_id, cfg.secret_access_key, cfg.session_token) == ("AKIA", "sk", "st")
+    assert cfg.refresh_token_validity == 3600
+    assert cfg.timeout == 2.5 and cfg.verifier.timeout == 2.5
+
+
 @pytest.mark.parametrize(
     ("over", "words"),
     [
         ({"region": None}, "region is required"),
-        ({"region": "Europe"}, "region must look like"),
-        ({"userPoolId": "nopool"}, "userPoolId must look like"),
-        ({"userPoolId": "eu-west-1_AbC123"}, "does not belong to region"),
+        ({"region": "Europe"}, "region is not valid"),
+        ({"userPoolId": "nopool"}, "userPoolId is not valid"),
+        (
+            {"userPoolId": "eu-west-1_AbC123"},
+            "userPoolId eu-west-1_AbC123 does not belong to region",
+        ),
         ({"clientId": ""}, "clientId is required"),
-        ({"clientSecret": 5}, "clientSecret is required and must be a non-empty string"),
-        ({"endpointUrl": "ftp://x"}, "endpointUrl must be an http(s) URL"),
-        ({"jwksUrl": "http://x/j?a=1"}, "must not carry a query"),
+        ({"clientId": "a/b"}, "clientId is not valid"),
+        ({"clientSecret": 5}, "clientSecret must be a non-empty string"),
+        ({"endpointUrl": "ftp://x"}, "endpointUrl must be an https:// URL"),
+        # Plain http to anything but loopback would carry the pool's secrets in clear.
+        (
+            {"endpointUrl": "http://cognito-idp.us-east-1.amazonaws.com"},
+            "endpointUrl must be an https:// URL (http:// only for localhost)",
+        ),
+        ({"endpointUrl": "https://x/?a=1"}, "endpointUrl must not carry a query"),
+        ({"jwksUrl": "http://keys.example.com/jwks.json"}, "jwksUrl must be an https:// URL"),
+        ({"jwksUrl": "https://u:p@keys.example.com/j"}, "jwksUrl must not carry credentials"),
         ({"autoConfirm": "yes"}, "autoConfirm must be true or false"),
-        ({"accessKeyId": "AKIA"}, "go together"),
-        ({"sessionToken": "t"}, "sessionToken needs"),
-        ({"refreshTokenValiditySeconds": 10}, "refreshTokenValiditySeconds"),
-        ({"timeoutSeconds": 0}, "timeoutSeconds"),
-        ({"userPool": POOL}, "unknown awsCognito setting(s): userPool"),
+        ({"accessKeyId": "AKIA"}, "accessKeyId and secretAccessKey go together"),
+        ({"secretAccessKey": "sk"}, "accessKeyId and secretAccessKey go together"),
+        ({"sessionToken": "t"}, "sessionToken needs accessKeyId"),
+        ({"refreshTokenValiditySeconds": 10}, "refreshTokenValiditySeconds must be"),
+        ({"timeoutSeconds": 0}, "timeoutSeconds must be"),
+        ({"timeoutSeconds": 31}, "timeoutSeconds must be"),
+        ({"userPool": POOL}, "unknown awsCognito setting(s): userPool;"),
+        ({"clientID": CLIENT}, "unknown awsCognito setting(s): clientID;"),
     ],
 )
 def test_settings_refuse_mistakes_with_a_readable_message(over: dict[str, Any], words: str) -> None:
     raw = {k: v for k, v in settings(**over).items() if v is not None}
-    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        CognitoSettings.parse(raw)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse(raw)
 
 
 # --------------------------------------------------------------- error table
@@ -162,10 +231,12 @@ def test_every_cognito_error_maps_to_one_status_and_reason(
 def test_unknown_code_is_generic_and_logged_by_code_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="providers.cognito_errors"):
+    with caplog.at_level(logging.ERROR, logger="providers.cognito.errors"):
         err = translate(client_error("BrandNewException", "pw=hunter2"), op.LOGIN)
     assert type(err) is ProviderError and err.code == "INTERNAL"
-    assert err.reason == "UPSTREAM_ERROR" and "hunter2" not in err.message
+    # Not UPSTREAM_ERROR (an outage, retryable): an unmapped answer is ours to fix.
+    assert err.reason == "UPSTREAM_UNMAPPED_ERROR" and "hunter2" not in err.message
+    assert err.retry_after is None
     assert "BrandNewException" in caplog.text and "hunter2" not in caplog.text
 
 
@@ -272,39 +343,69 @@ def forge(claims: dict[str, Any], *, kid: str = str(MOTO_KEY["kid"]), alg: str =
     return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})  # type: ignore[arg-type]
 
 
-def verify(moto_url: str, token: str, *, jwks: str | None = None, **kw: Any) -> AccessClaims:
-    cfg = CognitoSettings.parse(
-        settings(endpointUrl=moto_url, jwksUrl=jwks or f"{moto_url}/{POOL}/.well-known/jwks.json")
-    )
+class VerifyContext:
+    """The part of ProviderContext the access-token check uses: the pooled
+    HTTP client and the clock (the store and boto3 are never reached)."""
 
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    def now(self) -> int:
+        return int(time.time())
+
+
+def provider(moto_url: str, http: httpx.AsyncClient, *, jwks: str | None = None) -> CognitoProvider:
+    over: dict[str, Any] = {"endpointUrl": moto_url}
+    if jwks is not None:
+        over["jwksUrl"] = jwks
+    # Without jwksUrl the keys are fetched from {endpointUrl}/{pool}/.well-known/jwks.json,
+    # which is where moto publishes them.
+    return CognitoProvider(parse(settings(**over)), VerifyContext(http))  # type: ignore[arg-type]
+
+
+def verify(moto_url: str, token: str, *, jwks: str | None = None, **kw: Any) -> AccessClaims:
     async def main() -> AccessClaims:
         async with httpx.AsyncClient() as http:
-            return await AccessTokenVerifier(cfg, http).verify(token, **kw)
+            return await provider(moto_url, http, jwks=jwks)._verify(token, **kw)
 
     return asyncio.run(main())
 
 
-def refusal(moto_url: str, token: str, **kw: Any) -> str:
+def refused(moto_url: str, token: str, **kw: Any) -> Unauthenticated:
     with pytest.raises(Unauthenticated) as caught:
         verify(moto_url, token, **kw)
-    return caught.value.reason
+    return caught.value
+
+
+def refusal(moto_url: str, token: str, **kw: Any) -> str:
+    return refused(moto_url, token, **kw).reason
 
 
 def test_verifier_accepts_a_token_of_this_pool_and_client(moto_url: str) -> None:
-    claims = verify(moto_url, forge({"username": "alice"}))
-    assert claims.username == "alice" and claims.sub.startswith("3bd4")
+    now = int(time.time())
+    claims = verify(moto_url, forge({"username": "alice", "iat": now, "exp": now + 3600}))
+    assert claims == AccessClaims(
+        sub="3bd439c2-8ffe-416e-94ed-456f83a91848", username="alice", iat=now, exp=now + 3600
+    )
 
 
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
-        ({"iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Other"}, "INVALID_TOKEN"),
-        ({"client_id": "someone-else"}, "INVALID_TOKEN"),
-        ({"token_use": "id"}, "INVALID_TOKEN"),
+        ({"iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Other"}, "WRONG_ISSUER"),
+        ({"iss": None}, "WRONG_ISSUER"),
+        ({"client_id": "someone-else"}, "WRONG_AUDIENCE"),
+        # An ID token of the same client carries `aud`, not `client_id`.
+        ({"client_id": None, "aud": CLIENT}, "WRONG_AUDIENCE"),
+        ({"token_use": "id"}, "WRONG_TOKEN_TYPE"),
+        ({"token_use": None}, "WRONG_TOKEN_TYPE"),
         ({"exp": int(time.time()) - 120}, "TOKEN_EXPIRED"),
-        ({"iat": int(time.time()) + 600}, "INVALID_TOKEN"),
-        ({"iat": None}, "INVALID_TOKEN"),
-        ({"username": None}, "INVALID_TOKEN"),
+        ({"iat": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
+        ({"nbf": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
+        ({"iat": None}, "MISSING_CLAIM"),
+        ({"exp": None}, "MISSING_CLAIM"),
+        ({"username": None}, "MISSING_CLAIM"),
+        ({"iat": "yesterday"}, "MALFORMED_TOKEN"),
     ],
 )
 def test_verifier_checks_more_than_the_signature(
@@ -313,15 +414,30 @@ def test_verifier_checks_more_than_the_signature(
     assert refusal(moto_url, forge(claims)) == reason
 
 
+@pytest.mark.parametrize("claim", ["iat", "exp", "username"])
+def test_missing_claim_is_named(moto_url: str, claim: str) -> None:
+    err = refused(moto_url, forge({claim: None}))
+    assert (err.reason, err.metadata) == ("MISSING_CLAIM", {"claim": claim})
+
+
+def test_wrong_token_type_names_the_claim(moto_url: str) -> None:
+    err = refused(moto_url, forge({"token_use": "id"}))
+    assert (err.reason, err.metadata) == ("WRONG_TOKEN_TYPE", {"claim": "token_use"})
+
+
 def test_verifier_refuses_other_algorithms_unknown_keys_and_garbage(moto_url: str) -> None:
-    assert refusal(moto_url, forge({}, alg="HS256")) == "INVALID_TOKEN"
+    assert refusal(moto_url, forge({}, alg="HS256")) == "ALGORITHM_NOT_ALLOWED"
+    # Only RS256: a (well-formed) token of another asymmetric algorithm is refused too.
+    assert refusal(moto_url, forge({}, alg="RS512")) == "ALGORITHM_NOT_ALLOWED"
     assert refusal(moto_url, forge({}, kid="not-published")) == "UNKNOWN_SIGNING_KEY"
-    assert refusal(moto_url, "not.a.jwt") == "INVALID_TOKEN"
-    assert refusal(moto_url, "x" * 9000) == "INVALID_TOKEN"
+    assert refusal(moto_url, "not.a.jwt") == "MALFORMED_TOKEN"
+    assert refusal(moto_url, "x" * 9000) == "MALFORMED_TOKEN"
+    # Three parts, but longer than any token may be: refused before it is parsed.
+    assert refusal(moto_url, f"a.{'b' * MAX_TOKEN_CHARS}.c") == "MALFORMED_TOKEN"
     tampered = forge({"username": "alice"})
     head, _, sig = tampered.split(".")
     other_body = forge({"username": "mallory"}).split(".")[1]
-    assert refusal(moto_url, f"{head}.{other_body}.{sig}") == "INVALID_TOKEN"
+    assert refusal(moto_url, f"{head}.{other_body}.{sig}") == "BAD_SIGNATURE"
 
 
 def test_verifier_reads_an_expired_token_only_when_asked(moto_url: str) -> None:
@@ -329,7 +445,44 @@ def test_verifier_reads_an_expired_token_only_when_asked(moto_url: str) -> None:
     assert verify(moto_url, token, allow_expired=True).username == "bob"
     # Everything else is still checked on that path.
     other = forge({"exp": int(time.time()) - 120, "client_id": "x"})
-    assert refusal(moto_url, other, allow_expired=True) == "INVALID_TOKEN"
+    assert refusal(moto_url, other, allow_expired=True) == "WRONG_AUDIENCE"
+
+
+def test_a_verified_token_is_served_from_the_verifier_cache(moto_url: str) -> None:
+    token = forge({"username": "carol"})
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            p = provider(moto_url, http)
+            verifier = p._verifier
+            assert verifier.jwks_fetches == 0
+            first = await p._verify(token)
+            assert verifier.jwks_fetches == 1
+            # The same token again: its claims come from the cache, not a
+            # second signature check, and the key set is not fetched again.
+            cached = await verifier.verify(token)
+            assert cached is await verifier.verify(token)
+            assert await p._verify(token) == first
+            assert verifier.jwks_fetches == 1
+            # Another token of the same key is checked afresh, with the cached keys.
+            other = await p._verify(forge({"username": "dave"}))
+            assert other.username == "dave" and verifier.jwks_fetches == 1
+
+    asyncio.run(main())
+
+
+def test_an_expired_token_read_for_a_refresh_is_not_cached_as_valid(moto_url: str) -> None:
+    token = forge({"exp": int(time.time()) - 120, "username": "erin"})
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            p = provider(moto_url, http)
+            assert (await p._verify(token, allow_expired=True)).username == "erin"
+            with pytest.raises(Unauthenticated) as caught:
+                await p._verify(token)
+            assert caught.value.reason == "TOKEN_EXPIRED"
+
+    asyncio.run(main())
 
 
 def test_verifier_jwks_unreachable_is_unavailable(moto_url: str) -> None:

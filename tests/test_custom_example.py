@@ -97,13 +97,15 @@ def test_example_settings_are_checked_at_load() -> None:
         from identify_apikeys import ApiKeyProvider  # type: ignore[import-not-found]
     finally:
         sys.path.remove(str(EXAMPLE))
-    bad_settings: list[dict[str, Any]] = [
-        {},
-        {"keys": {}},
-        {"keys": {"a": "not-hex"}},
-        {"keys": {"bad name": "0" * 64}},
+    bad_settings: list[tuple[dict[str, Any], str]] = [
+        ({}, "keys must map"),
+        ({"keys": {}}, "keys must map"),
+        ({"keys": {"a": "not-hex"}}, "keys.a"),
+        ({"keys": {"bad name": "0" * 64}}, "'bad name' is not a valid key name"),
+        ({"keys": {"a": "0" * 64}, "key": "x"}, r"unknown apiKeys setting.*key"),
     ]
-    for bad in bad_settings:
-        with pytest.raises(ValueError):
+    for bad, words in bad_settings:
+        with pytest.raises(ValueError, match=words):
             ApiKeyProvider.validate_settings(bad)
-    ApiKeyProvider.validate_settings({"keys": {"lobby": "0" * 64}})
+    parsed = ApiKeyProvider.validate_settings({"keys": {"lobby": "ab" * 32}})
+    assert parsed == {"lobby": bytes([0xAB] * 32)}

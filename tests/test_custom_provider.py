@@ -20,20 +20,19 @@ PROVIDER = textwrap.dedent(
     from providers.base import InvalidArgument, Provider, Reply, Request, Session, require_str
 
 
-    class PinProvider(Provider):
+    class PinProvider(Provider[str]):
         """Signs users in with a per-project PIN from its settings block."""
 
         name = "pin"
         strategies = ("pin",)
 
         @classmethod
-        def validate_settings(cls, settings):
-            if not str(settings.get("pin", "")).isdigit():
-                raise ValueError("pin must be digits")
+        def read_settings(cls, s):
+            return s.required_string("pin", numbers=True)
 
         async def login(self, req: Request) -> Session:
             user_name = require_str(req.data, "user")
-            if require_str(req.data, "pin") != str(self.settings["pin"]):
+            if require_str(req.data, "pin") != self.settings:
                 raise InvalidArgument("WRONG_PIN", "wrong pin")
             user, _ = await self.ctx.accounts.ensure_user(user_name, username=user_name)
             return await self.ctx.accounts.sign_in(user, device_id=None)

@@ -6,14 +6,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from providers.base import ProviderError, ResourceExhausted, Unauthenticated, Unavailable
-from providers.facebook import FacebookProvider
-from providers.social import SocialIdentity
+from providers.base import (
+    FailedPrecondition,
+    ProviderError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from providers.facebook import DEFAULT_GRAPH_URL, FacebookProvider, FacebookSettings
+from providers.kit.social import SocialIdentity
 from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.social_helpers import UpstreamContext, free_closed_port, run_with_ctx
 
@@ -42,7 +49,8 @@ def settings(graph: FakeGraph, **over: Any) -> dict[str, Any]:
 
 def identify(s: dict[str, Any], token: str, user_id: str | None = None) -> SocialIdentity:
     async def go(ctx: UpstreamContext) -> SocialIdentity:
-        return await FacebookProvider(s, ctx).identify(token, user_id=user_id)  # type: ignore[arg-type]
+        provider = FacebookProvider(FacebookProvider.validate_settings(s), ctx)  # type: ignore[arg-type]
+        return await provider.identify(token, user_id=user_id)
 
     return run_with_ctx(go)
 
@@ -133,8 +141,10 @@ def test_token_of_another_app_is_refused_without_reading_the_profile(graph: Fake
 def test_wrong_app_secret_is_a_server_problem_not_the_clients(graph: FakeGraph) -> None:
     token = graph.issue(APP, GraphUser("786", "Fine User"))
     err = refused(settings(graph, appSecret="rotated-away"), token)
-    assert isinstance(err, Unavailable) and err.reason == "PROVIDER_MISCONFIGURED"
-    assert err.retry_after
+    # Our credentials are wrong: retrying cannot help until an operator fixes them.
+    assert isinstance(err, FailedPrecondition) and err.reason == "PROVIDER_MISCONFIGURED"
+    assert err.retry_after is None
+    assert err.metadata == {"provider": "facebook"}
 
 
 def test_graph_server_error_is_unavailable_with_retry(graph: FakeGraph) -> None:
@@ -189,18 +199,53 @@ def test_tokens_and_secret_never_reach_the_httpx_log(
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        ({"appSecret": "s"}, "appId"),
-        ({"appId": "abc", "appSecret": "s"}, "appId"),
-        ({"appId": "123"}, "appSecret"),
-        ({"appId": "123", "appSecret": "s", "graphUrl": "ftp://x"}, "graphUrl"),
-        ({"appId": "123", "appSecret": "s", "graphURL": "http://x"}, "unknown"),
-        ({"appId": "123", "appSecret": "s", "timeoutSeconds": 0}, "timeoutSeconds"),
+        ({"appSecret": "s"}, "appId is required"),
+        ({"appId": "abc", "appSecret": "s"}, "appId is not valid"),
+        ({"appId": True, "appSecret": "s"}, "appId must be a non-empty string"),
+        ({"appId": "123"}, "appSecret is required"),
+        ({"appId": "123", "appSecret": "s", "graphUrl": "ftp://x"}, "graphUrl must be an https://"),
+        # The app secret and user tokens travel in graphUrl's query: never in clear.
+        (
+            {"appId": "123", "appSecret": "s", "graphUrl": "http://graph.facebook.com/v23.0"},
+            "graphUrl must be an https:// URL (http:// only for localhost)",
+        ),
+        (
+            {"appId": "123", "appSecret": "s", "graphUrl": "https://graph.facebook.com/?x=1"},
+            "graphUrl must not carry a query",
+        ),
+        (
+            {"appId": "123", "appSecret": "s", "graphURL": "http://x"},
+            "unknown facebook setting(s): graphURL;",
+        ),
+        (
+            {"appId": "123", "appSecret": "s", "clientSecret": "s"},
+            "unknown facebook setting(s): clientSecret;",
+        ),
+        ({"appId": "123", "appSecret": "s", "timeoutSeconds": 0}, "timeoutSeconds must be"),
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, Any], why: str) -> None:
-    with pytest.raises(ValueError, match=why):
+    with pytest.raises(ValueError, match=re.escape(why)):
         FacebookProvider.validate_settings(bad)
 
 
 def test_numeric_app_id_from_yaml_is_accepted() -> None:
-    FacebookProvider.validate_settings({"appId": 1234567890, "appSecret": "s"})
+    parsed = FacebookProvider.validate_settings({"appId": 1234567890, "appSecret": "s"})
+    assert parsed == FacebookSettings(
+        app_id="1234567890", app_secret="s", graph_url=DEFAULT_GRAPH_URL, timeout=5.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("graph_url", "parsed"),
+    [
+        ("http://127.0.0.1:8080/v23.0/", "http://127.0.0.1:8080/v23.0"),
+        ("http://localhost:8080/v23.0", "http://localhost:8080/v23.0"),
+        ("https://graph.facebook.com/v22.0/", "https://graph.facebook.com/v22.0"),
+    ],
+)
+def test_graph_url_is_https_or_plain_http_on_loopback(graph_url: str, parsed: str) -> None:
+    s = FacebookProvider.validate_settings(
+        {"appId": "123", "appSecret": " s ", "graphUrl": graph_url, "timeoutSeconds": 2}
+    )
+    assert s == FacebookSettings(app_id="123", app_secret="s", graph_url=parsed, timeout=2.0)

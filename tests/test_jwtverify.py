@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from providers.base import Unauthenticated, Unavailable, User
-from providers.jwtverify import JwtVerifier, VerifierConfig, refuse_if_revoked
+from providers.kit.jwt import JwtVerifier, VerifierConfig
+from providers.kit.settings import SettingsReader
+from providers.kit.tokens import refuse_if_revoked
+from providers.values import Unauthenticated, Unavailable, User
 from tests.fakes.oidc_issuer import FakeIssuer, SigningKey
 
 T = TypeVar("T")
@@ -43,9 +45,15 @@ class Clock:
         return self.t
 
 
+def parse(settings: dict[str, Any]) -> VerifierConfig:
+    reader = SettingsReader(settings, owner="oidc")
+    cfg = VerifierConfig.read(reader)
+    reader.finish()
+    return cfg
+
+
 def config(fake: FakeIssuer, **over: Any) -> VerifierConfig:
-    settings = {"issuer": fake.issuer, "jwksUri": fake.jwks_url, "audience": AUD, **over}
-    return VerifierConfig.from_settings(settings)
+    return parse({"issuer": fake.issuer, "jwksUri": fake.jwks_url, "audience": AUD, **over})
 
 
 def run(
@@ -56,7 +64,7 @@ def run(
 ) -> T:
     async def main() -> T:
         async with httpx.AsyncClient() as http:
-            return await body(JwtVerifier(cfg, http, monotonic=monotonic))
+            return await body(JwtVerifier(cfg, http, now=time.time, monotonic=monotonic))
 
     return asyncio.run(main())
 
@@ -170,43 +178,87 @@ def test_garbage_payload_under_valid_signature_is_malformed(issuer: FakeIssuer) 
         issuer.published.remove(signed_list)
 
 
-def test_rotation_is_picked_up_and_refetch_is_bounded() -> None:
+def forged_tokens(fake: FakeIssuer, count: int) -> list[str]:
+    return [
+        fake.mint(sub="a", aud=AUD, key=SigningKey.generate(kid=f"forged-{i}"))
+        for i in range(count)
+    ]
+
+
+def test_a_freshly_published_key_is_accepted_at_once() -> None:
     fake = FakeIssuer()
     clock = Clock()
     try:
-        cfg = config(fake, jwksRefetchInterval=30)
 
         async def body(v: JwtVerifier) -> None:
             await v.verify(fake.mint(sub="a", aud=AUD))
             assert fake.jwks_fetches == 1
-            new = fake.rotate()
-            rotated = fake.mint(sub="a", aud=AUD, key=new)
-            # Within the interval an unknown kid is refused without a fetch.
-            with pytest.raises(Unauthenticated) as err:
-                await v.verify(rotated)
-            assert err.value.reason == "UNKNOWN_SIGNING_KEY"
-            assert fake.jwks_fetches == 1
-            clock.t += 31
+            # The issuer publishes a key a second after our fetch and signs
+            # with it at once: no refusal, one refetch.
+            clock.t += 1
+            rotated = fake.mint(sub="a", aud=AUD, key=fake.rotate())
             assert (await v.verify(rotated))["sub"] == "a"
             assert fake.jwks_fetches == 2
-            # A flood of forged kids after the interval: one shared fetch.
-            clock.t += 31
-            forged = [
-                fake.mint(sub="a", aud=AUD, key=SigningKey.generate(kid=f"forged-{i}"))
-                for i in range(3)
-            ] * 20
-            results = await asyncio.gather(*(v.verify(t) for t in forged), return_exceptions=True)
+            # The same happens again a second later (a second rotation).
+            clock.t += 1
+            again = fake.mint(sub="b", aud=AUD, key=fake.rotate())
+            assert (await v.verify(again))["sub"] == "b"
+            assert fake.jwks_fetches == 3
+
+        run(config(fake, jwksRefetchInterval=30), body, monotonic=clock)
+    finally:
+        fake.stop()
+
+
+def test_forged_kids_cost_the_issuer_at_most_three_fetches() -> None:
+    fake = FakeIssuer()
+    clock = Clock()
+    try:
+
+        async def body(v: JwtVerifier) -> None:
+            # A cold verifier: even its first fetch is paid from the budget.
+            for token in forged_tokens(fake, 20):
+                with pytest.raises(Unauthenticated) as err:
+                    await v.verify(token)
+                assert err.value.reason == "UNKNOWN_SIGNING_KEY"
+            assert fake.jwks_fetches == 3
+            # A concurrent flood shares nothing new: the budget is spent.
+            flood = forged_tokens(fake, 3) * 20
+            results = await asyncio.gather(*(v.verify(t) for t in flood), return_exceptions=True)
             assert all(
                 isinstance(r, Unauthenticated) and r.reason == "UNKNOWN_SIGNING_KEY"
                 for r in results
             )
             assert fake.jwks_fetches == 3
-            for t in forged[:10]:
-                with pytest.raises(Unauthenticated):
-                    await v.verify(t)
+            # Known keys keep verifying meanwhile, without a fetch.
+            assert (await v.verify(fake.mint(sub="a", aud=AUD)))["sub"] == "a"
             assert fake.jwks_fetches == 3
+            # One interval later the budget has one refetch again: a real
+            # rotation is picked up, and the next forgery is refused unfetched.
+            clock.t += 30
+            rotated = fake.mint(sub="a", aud=AUD, key=fake.rotate())
+            assert (await v.verify(rotated))["sub"] == "a"
+            assert fake.jwks_fetches == 4
+            with pytest.raises(Unauthenticated):
+                await v.verify(forged_tokens(fake, 1)[0])
+            assert fake.jwks_fetches == 4
 
-        run(cfg, body, monotonic=clock)
+        run(config(fake, jwksRefetchInterval=30), body, monotonic=clock)
+    finally:
+        fake.stop()
+
+
+def test_concurrent_unknown_kids_share_one_fetch() -> None:
+    fake = FakeIssuer()
+    try:
+
+        async def body(v: JwtVerifier) -> None:
+            await v.verify(fake.mint(sub="a", aud=AUD))
+            flood = forged_tokens(fake, 3) * 20
+            await asyncio.gather(*(v.verify(t) for t in flood), return_exceptions=True)
+            assert fake.jwks_fetches == 2
+
+        run(config(fake), body)
     finally:
         fake.stop()
 
@@ -297,7 +349,7 @@ def test_stale_keys_serve_while_the_issuer_is_down() -> None:
 def test_discovery_finds_the_jwks_and_checks_its_issuer() -> None:
     fake = FakeIssuer()
     try:
-        cfg = VerifierConfig.from_settings({"issuer": fake.issuer, "audience": AUD})
+        cfg = parse({"issuer": fake.issuer, "audience": AUD})
         token = fake.mint(sub="d", aud=AUD)
         assert run(cfg, lambda v: v.verify(token))["sub"] == "d"
         assert fake.discovery_fetches == 1 and fake.jwks_fetches == 1
@@ -305,7 +357,7 @@ def test_discovery_finds_the_jwks_and_checks_its_issuer() -> None:
         # A discovery document naming another issuer is not trusted.
         liar = FakeIssuer(issuer="https://real-issuer.test/")
         try:
-            cfg = VerifierConfig.from_settings({"issuer": liar.base_url + "/", "audience": AUD})
+            cfg = parse({"issuer": liar.base_url + "/", "audience": AUD})
 
             async def body(v: JwtVerifier) -> str:
                 with pytest.raises(Unavailable) as err:
@@ -321,21 +373,88 @@ def test_discovery_finds_the_jwks_and_checks_its_issuer() -> None:
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "words"),
     [
-        {"issuer": "https://i.test/", "audience": AUD, "algorithms": ["HS256"]},
-        {"issuer": "https://i.test/", "audience": AUD, "algorithms": ["none"]},
-        {"issuer": "https://i.test/", "audience": AUD, "jwksUri": "http://evil.test/jwks"},
-        {"issuer": "http://i.test/", "audience": AUD},
-        {"issuer": "https://i.test/", "audience": []},
-        {"issuer": "https://i.test/"},
-        {"audience": AUD},
-        {"issuer": "https://i.test/", "audience": AUD, "leeway": 3600},
+        ({"issuer": "https://i.test/", "audience": AUD, "algorithms": ["HS256"]}, "algorithms"),
+        ({"issuer": "https://i.test/", "audience": AUD, "algorithms": ["none"]}, "algorithms"),
+        (
+            {"issuer": "https://i.test/", "audience": AUD, "jwksUri": "http://evil.test/jwks"},
+            "jwksUri must be an https:// URL",
+        ),
+        ({"issuer": "http://i.test/", "audience": AUD}, "issuer must be an https:// URL"),
+        ({"issuer": "https://i.test/", "audience": []}, "audience"),
+        ({"issuer": "https://i.test/"}, "audience is required"),
+        ({"audience": AUD}, "issuer is required"),
+        ({"issuer": "https://i.test/", "audience": AUD, "leeway": 3600}, "leeway"),
+        ({"issuer": "https://i.test/", "audience": AUD, "audiance": AUD}, "audiance"),
     ],
 )
-def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        VerifierConfig.from_settings(settings)
+def test_bad_settings_are_refused_naming_the_setting(settings: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse(settings)
+
+
+def test_settings_are_parsed_with_their_defaults(issuer: FakeIssuer) -> None:
+    cfg = parse({"issuer": issuer.issuer, "audience": [AUD, "b"], "jwksUri": issuer.jwks_url})
+    assert cfg.issuers == (issuer.issuer,) and cfg.audiences == (AUD, "b")
+    assert cfg.jwks_uri == issuer.jwks_url
+    assert (cfg.algorithms, cfg.leeway, cfg.jwks_ttl) == (("RS256", "ES256"), 30.0, 600.0)
+    assert (cfg.refetch_interval, cfg.refetch_burst, cfg.timeout) == (30.0, 3, 5.0)
+
+
+def test_allow_expired_skips_only_the_expiry(issuer: FakeIssuer) -> None:
+    token = issuer.mint(sub="late", aud=AUD, exp=int(time.time()) - 3600)
+
+    async def body(v: JwtVerifier) -> str:
+        assert (await v.verify(token, allow_expired=True))["sub"] == "late"
+        with pytest.raises(Unauthenticated) as err:
+            await v.verify(token)
+        return err.value.reason
+
+    assert run(config(issuer), body) == "TOKEN_EXPIRED"
+    wrong = issuer.mint(sub="late", aud="else", exp=int(time.time()) - 3600)
+
+    async def still_checked(v: JwtVerifier) -> str:
+        with pytest.raises(Unauthenticated) as err:
+            await v.verify(wrong, allow_expired=True)
+        return err.value.reason
+
+    assert run(config(issuer), still_checked) == "WRONG_AUDIENCE"
+
+
+def test_audience_claim_and_fixed_claims_are_configurable(issuer: FakeIssuer) -> None:
+    # Cognito's access tokens: the app client in client_id, token_use=access.
+    reader = SettingsReader({}, owner="awsCognito")
+    cfg = VerifierConfig.read(
+        reader,
+        issuers=(issuer.issuer,),
+        jwks_uri=issuer.jwks_url,
+        audiences=("client-1",),
+        algorithms=("RS256",),
+        audience_claim="client_id",
+        fixed_claims={"token_use": "access"},
+    )
+    good = issuer.mint(sub="c", aud=None, client_id="client-1", token_use="access")
+    assert run(cfg, lambda v: v.verify(good))["sub"] == "c"
+    assert refusal(cfg, issuer.mint(sub="c", aud=None, client_id="x", token_use="access")) == (
+        "WRONG_AUDIENCE"
+    )
+    assert refusal(cfg, issuer.mint(sub="c", aud=None, client_id="client-1", token_use="id")) == (
+        "WRONG_TOKEN_TYPE"
+    )
+
+
+def test_verified_tokens_are_served_from_the_cache(issuer: FakeIssuer) -> None:
+    token = issuer.mint(sub="cached", aud=AUD)
+
+    async def body(v: JwtVerifier) -> tuple[Any, Any]:
+        first = await v.verify(token)
+        second = await v.verify(token)
+        return first, second
+
+    first, second = run(config(issuer), body)
+    # The very same claims object: the second call did no verification.
+    assert first is second
 
 
 def test_revoked_tokens_are_refused() -> None:
@@ -349,8 +468,8 @@ def test_revoked_tokens_are_refused() -> None:
         updated_at=0,
         valid_after=2000,
     )
-    refuse_if_revoked({"iat": 2000}, user)
-    refuse_if_revoked({"iat": 1}, None)
+    refuse_if_revoked(user, 2000)
+    refuse_if_revoked(user, None)
     with pytest.raises(Unauthenticated) as err:
-        refuse_if_revoked({"iat": 1999}, user)
+        refuse_if_revoked(user, 1999)
     assert err.value.reason == "TOKEN_REVOKED"

@@ -4,17 +4,25 @@ client against the local issuer's stand-in."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from providers.auth0_management import Auth0Management, ManagementConfig
-from providers.authzero import AuthZeroProvider
-from providers.base import AlreadyExists, InvalidArgument, NotFound, ProviderError, Unavailable
+from providers.authzero.management import Auth0Management, ManagementConfig
+from providers.authzero.provider import AuthZeroProvider, AuthZeroSettings
 from providers.google import GoogleProvider
 from providers.oidc import OidcProvider
+from providers.values import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ProviderError,
+    Unavailable,
+)
 from tests.fakes.oidc_issuer import FakeIssuer
 
 AUD = "https://api.example.test"
@@ -28,48 +36,60 @@ def test_authzero_domain_derives_issuer_jwks_and_management_urls() -> None:
         "managementClientId": "id",
         "managementClientSecret": "secret",
     }
-    parsed = AuthZeroProvider.parse_settings(settings)
+    parsed = AuthZeroProvider.validate_settings(settings)
+    assert isinstance(parsed, AuthZeroSettings)
     assert parsed.verifier.issuers == ("https://tenant.eu.auth0.com/",)
     assert parsed.verifier.jwks_uri == "https://tenant.eu.auth0.com/.well-known/jwks.json"
-    mgmt = AuthZeroProvider.management_config(settings)
+    mgmt = parsed.management
     assert mgmt is not None
     assert mgmt.token_url == "https://tenant.eu.auth0.com/oauth/token"
     assert mgmt.api_url == mgmt.audience == "https://tenant.eu.auth0.com/api/v2/"
 
 
 def test_authzero_explicit_settings_win_over_the_domain() -> None:
-    parsed = AuthZeroProvider.parse_settings(
+    parsed = AuthZeroProvider.validate_settings(
         {"domain": "tenant.auth0.com", "issuer": "https://login.brand.test/", "audience": AUD}
     )
+    assert isinstance(parsed, AuthZeroSettings)
     assert parsed.verifier.issuers == ("https://login.brand.test/",)
     assert parsed.verifier.jwks_uri == "https://tenant.auth0.com/.well-known/jwks.json"
-    assert AuthZeroProvider.management_config({"domain": "tenant.auth0.com"}) is None
+    assert parsed.management is None
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "words"),
     [
-        {"domain": "https://tenant.auth0.com/", "audience": AUD},
-        {"domain": "tenant.auth0.com"},
-        {"domain": "tenant.auth0.com", "audience": AUD, "managementClientId": "only-id"},
-        {
-            "issuer": "https://i.test/",
-            "jwksUri": "https://i.test/k",
-            "audience": AUD,
-            "managementClientId": "id",
-            "managementClientSecret": "s",
-        },
-        {"domain": "tenant.auth0.com", "audience": AUD, "audiance": "typo"},
-        {"domain": "tenant.auth0.com", "audience": AUD, "algorithms": ["HS256"]},
+        ({"domain": "https://tenant.auth0.com/", "audience": AUD}, "domain"),
+        ({"domain": "tenant.auth0.com"}, "audience is required"),
+        (
+            {"domain": "tenant.auth0.com", "audience": AUD, "managementClientId": "only-id"},
+            "managementClientId and managementClientSecret",
+        ),
+        (
+            {
+                "issuer": "https://i.test/",
+                "jwksUri": "https://i.test/k",
+                "audience": AUD,
+                "managementClientId": "id",
+                "managementClientSecret": "s",
+            },
+            "Management API credentials need domain",
+        ),
+        ({"domain": "tenant.auth0.com", "audience": AUD, "audiance": "typo"}, "audiance"),
+        ({"domain": "tenant.auth0.com", "audience": AUD, "algorithms": ["HS256"]}, "algorithms"),
+        (
+            {"domain": "t.auth0.com", "audience": AUD, "tokenUrl": "http://auth.example/t"},
+            "tokenUrl must be an https:// URL",
+        ),
     ],
 )
-def test_authzero_bad_settings(settings: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+def test_authzero_bad_settings(settings: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
         AuthZeroProvider.validate_settings(settings)
 
 
 def test_oidc_claims_mapping_merges_with_defaults() -> None:
-    parsed = OidcProvider.parse_settings(
+    parsed = OidcProvider.validate_settings(
         {
             "issuer": "https://i.test/",
             "audience": AUD,
@@ -88,24 +108,27 @@ def test_oidc_bad_claims_mapping(claims: Any) -> None:
 
 
 def test_oidc_refuses_authzero_only_settings() -> None:
-    with pytest.raises(ValueError):
-        OidcProvider.validate_settings({"domain": "tenant.auth0.com", "audience": AUD})
+    with pytest.raises(ValueError, match=r"unknown oidc setting.*domain"):
+        OidcProvider.validate_settings(
+            {"issuer": "https://i.test/", "domain": "tenant.auth0.com", "audience": AUD}
+        )
 
 
 def test_google_settings() -> None:
-    cfg = GoogleProvider.verifier_config({"clientIds": "web.apps.googleusercontent.com"})
+    cfg = GoogleProvider.validate_settings({"clientIds": "web.apps.googleusercontent.com"})
     assert cfg.issuers == ("accounts.google.com", "https://accounts.google.com")
     assert cfg.audiences == ("web.apps.googleusercontent.com",)
     assert cfg.jwks_uri == "https://www.googleapis.com/oauth2/v3/certs"
     assert cfg.algorithms == ("RS256",)
-    bad_settings: list[dict[str, Any]] = [
-        {},
-        {"clientIds": []},
-        {"clientIds": ["a"], "algorithms": ["ES256"]},
-        {"clientIds": ["a"], "certsUrl": "http://certs.example.test/"},
+    bad_settings: list[tuple[dict[str, Any], str]] = [
+        ({}, "clientIds is required"),
+        ({"clientIds": []}, "clientIds"),
+        ({"clientIds": ["a"], "algorithms": ["ES256"]}, r"unknown google setting.*algorithms"),
+        ({"clientIds": ["a"], "certsUrl": "http://certs.example.test/"}, "certsUrl"),
+        ({"clientIds": ["a"], "issuer": "https://else.test/"}, r"unknown google setting.*issuer"),
     ]
-    for bad in bad_settings:
-        with pytest.raises(ValueError):
+    for bad, words in bad_settings:
+        with pytest.raises(ValueError, match=words):
             GoogleProvider.validate_settings(bad)
 
 
@@ -132,7 +155,7 @@ def management(fake: FakeIssuer, secret: str = "secret") -> ManagementConfig:
 def set_usernames(cfg: ManagementConfig, *calls: tuple[str, str]) -> ProviderError | None:
     async def main() -> ProviderError | None:
         async with httpx.AsyncClient() as http:
-            client = Auth0Management(cfg, http)
+            client = Auth0Management(cfg, http, now=time.time)
             try:
                 for user_id, username in calls:
                     await client.set_username(user_id, username)
@@ -172,7 +195,8 @@ def test_upstream_refusals_map_to_domain_errors(
 def test_wrong_credentials_are_a_misconfiguration_not_a_client_error(auth0: FakeIssuer) -> None:
     auth0.add_auth0_user("auth0|x")
     err = set_usernames(management(auth0, secret="wrong"), ("auth0|x", "x"))
-    assert isinstance(err, Unavailable) and err.reason == "PROVIDER_MISCONFIGURED"
+    assert isinstance(err, FailedPrecondition) and err.reason == "PROVIDER_MISCONFIGURED"
+    assert err.retry_after is None
 
 
 @pytest.mark.parametrize(

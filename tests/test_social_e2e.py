@@ -20,7 +20,7 @@ from server.store import schema
 from server.store.db import create_engine
 from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.fakes.x_api import FakeXApi, XUser
-from tests.harness import Stack, error_reason, start_stack
+from tests.harness import Stack, refused, start_stack
 from tests.social_helpers import free_closed_port
 
 APP = "1029384756"
@@ -118,15 +118,6 @@ def fb_user(name: str = "Ada Lovelace", email: str | None = "ada@example.com") -
 
 def x_user(handle: str = "ada") -> XUser:
     return XUser(str(uuid.uuid4().int)[:19], handle.title(), handle)
-
-
-def refused(resp: httpx.Response, status: int, reason: str) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    body: dict[str, Any] = resp.json()
-    assert error_reason(body) == reason, body
-    [info] = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")]
-    assert info["domain"] == "identify"
-    return body
 
 
 def retry_delay(body: dict[str, Any]) -> str:
@@ -271,7 +262,7 @@ def test_missing_token(world: World) -> None:
 def test_device_id_must_be_a_uuid(world: World) -> None:
     token = world.graph.issue(APP, fb_user())
     resp = world.check(FB, "facebook", accessToken=token, deviceId="not-a-uuid")
-    refused(resp, 400, "INVALID_UUID")
+    refused(resp, 400, "INVALID_DEVICE_ID")
 
 
 def test_facebook_graph_down_is_503_with_retry(world: World) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +15,10 @@ from providers.base import (
     Unauthenticated,
     Unavailable,
 )
-from providers.social import SocialIdentity
-from providers.twitter import TwitterProvider
+from providers.kit.social import SocialIdentity
+from providers.twitter import DEFAULT_API_URL, TwitterProvider, TwitterSettings
 from tests.fakes.x_api import FakeXApi, XUser
-from tests.social_helpers import UpstreamContext, free_closed_port, run_with_ctx
+from tests.social_helpers import UpstreamContext, free_closed_port, run_with_ctx, social_request
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def _x_up(x: FakeXApi) -> Iterator[None]:
 
 def identify(s: dict[str, Any], token: str, user_id: str) -> SocialIdentity:
     async def go(ctx: UpstreamContext) -> SocialIdentity:
-        return await TwitterProvider(s, ctx).identify(token, user_id=user_id)  # type: ignore[arg-type]
+        provider = TwitterProvider(TwitterProvider.validate_settings(s), ctx)  # type: ignore[arg-type]
+        return await provider.identify(token, user_id=user_id)
 
     return run_with_ctx(go)
 
@@ -67,9 +69,20 @@ def test_token_travels_only_in_the_authorization_header(x: FakeXApi) -> None:
 
 
 def test_user_id_mismatch(x: FakeXApi) -> None:
+    # identify() says whose the token is; the check flow refuses a token of
+    # anyone but the userId the app sent, before the store is touched.
     token = x.issue(XUser("12", "Real Owner", "owner"))
-    err = refused({"apiUrl": x.url}, token, "13")
-    assert isinstance(err, Unauthenticated) and err.reason == "USER_ID_MISMATCH"
+    assert identify({"apiUrl": x.url}, token, "13").subject == "12"
+    req = social_request("twitter", access_token=token, user_id="13")
+
+    async def go(ctx: UpstreamContext) -> object:
+        settings = TwitterProvider.validate_settings({"apiUrl": x.url})
+        return await TwitterProvider(settings, ctx).check_user_nonstandard(req)  # type: ignore[arg-type]
+
+    with pytest.raises(Unauthenticated) as info:
+        run_with_ctx(go)
+    assert info.value.reason == "USER_ID_MISMATCH" and token not in info.value.message
+    assert info.value.metadata == {"provider": "twitter"}
 
 
 def test_unknown_or_revoked_token(x: FakeXApi) -> None:
@@ -121,16 +134,26 @@ def test_unreachable_x_is_unavailable() -> None:
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        ({"apiUrl": "api.x.com"}, "apiUrl"),
-        ({"apiUrl": "https://api.x.com?x=1"}, "apiUrl"),
-        ({"clientId": "abc"}, "unknown"),
-        ({"timeoutSeconds": "5"}, "timeoutSeconds"),
+        ({"apiUrl": "api.x.com"}, "apiUrl must be an https:// URL"),
+        ({"apiUrl": "http://api.x.com"}, "apiUrl must be an https:// URL (http:// only for"),
+        ({"apiUrl": "https://api.x.com?x=1"}, "apiUrl must not carry a query"),
+        ({"clientId": "abc"}, "unknown twitter setting(s): clientId;"),
+        ({"timeoutSeconds": "5"}, "timeoutSeconds must be a number"),
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, Any], why: str) -> None:
-    with pytest.raises(ValueError, match=why):
+    with pytest.raises(ValueError, match=re.escape(why)):
         TwitterProvider.validate_settings(bad)
 
 
 def test_no_settings_needed() -> None:
-    TwitterProvider.validate_settings({})
+    assert TwitterProvider.validate_settings({}) == TwitterSettings(
+        api_url=DEFAULT_API_URL, timeout=5.0
+    )
+
+
+def test_api_url_and_timeout_are_read() -> None:
+    parsed = TwitterProvider.validate_settings(
+        {"apiUrl": "http://127.0.0.1:9000/", "timeoutSeconds": 1.5}
+    )
+    assert parsed == TwitterSettings(api_url="http://127.0.0.1:9000", timeout=1.5)

@@ -9,8 +9,10 @@ keys by name with their SHA-256, so the config never holds a usable key:
         keys:
           kiosk-lobby: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
 
-A provider only sees `providers.base`: it returns values (`Reply`) or raises
-the domain errors there; the core turns them into statuses and the envelope.
+A provider only sees `providers.base`: it declares its settings by reading
+them (`read_settings`; any other key is refused by name), returns values
+(`Reply`) or raises the domain errors there; the core turns them into
+statuses and the envelope.
 """
 
 from __future__ import annotations
@@ -19,52 +21,48 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from providers.base import (
-    InvalidArgument,
     Provider,
-    ProviderContext,
     Reply,
     Request,
+    SettingsError,
+    SettingsReader,
     Unauthenticated,
-    canonical_uuid,
     require_bearer,
+    require_device_id,
 )
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# Key name -> SHA-256 of the key.
+ApiKeys = Mapping[str, bytes]
 
-class ApiKeyProvider(Provider):
+
+class ApiKeyProvider(Provider[ApiKeys]):
     name: ClassVar[str] = "apiKeys"
     strategies: ClassVar[tuple[str, ...]] = ("apiKey",)
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
-        super().__init__(settings, ctx)
-        self._keys: dict[str, bytes] = {
-            name: bytes.fromhex(digest) for name, digest in settings["keys"].items()
-        }
-
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
+    def read_settings(cls, s: SettingsReader) -> ApiKeys:
         # Called when the config is loaded: a mistake stops the start instead
         # of failing the first request.
-        keys = settings.get("keys")
-        if not isinstance(keys, Mapping) or not keys:
-            raise ValueError("apiKeys: keys must map names to SHA-256 hex digests")
+        keys = s.mapping("keys")
+        if not keys:
+            raise SettingsError("keys must map names to SHA-256 hex digests")
+        parsed: dict[str, bytes] = {}
         for name, digest in keys.items():
             if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(f"apiKeys: {name!r} is not a valid key name")
+                raise SettingsError(f"keys: {name!r} is not a valid key name")
             if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise ValueError(f"apiKeys: keys.{name} must be a lowercase SHA-256 hex digest")
+                raise SettingsError(f"keys.{name} must be a lowercase SHA-256 hex digest")
+            parsed[name] = bytes.fromhex(digest)
+        return parsed
 
     async def check_user(self, req: Request) -> Reply:
-        if not req.device_id:
-            raise InvalidArgument(
-                "MISSING_FIELD", "deviceId is required", metadata={"field": "deviceId"}
-            )
-        device_id = canonical_uuid(req.device_id, field_name="deviceId")
+        device_id = require_device_id(req)
         name = self._key_name(require_bearer(req))
         # The key's name is the subject: a key rotated under the same name
         # keeps its user and externalId.
@@ -86,7 +84,7 @@ class ApiKeyProvider(Provider):
         # Compare against every entry so the time taken does not tell which
         # names exist.
         found: str | None = None
-        for name, expected in self._keys.items():
+        for name, expected in self.settings.items():
             if hmac.compare_digest(digest, expected):
                 found = name
         if found is None:

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from providers.base import Device, User
+from providers.values import Device, User
 from server.store.db import Database
 from server.store.schema import (
     devices,

@@ -2,8 +2,10 @@
 
 Cognito owns passwords and attributes; this service owns users (keyed on
 the pool's `sub`), devices, login history and revocation. Access tokens are
-verified locally (cognito_tokens) on every call, and the store decides
-whether a verified token is still welcome:
+verified locally by the shared JWT verifier (issuer = the pool, audience =
+the app client's `client_id` claim, `token_use` = access; verified tokens are
+cached until they expire), and the store decides whether a verified token is
+still welcome:
 
 - logout sets the user's valid_after: every access token with an earlier
   `iat` is refused, and the presented token itself is refused by hash (it
@@ -20,13 +22,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from providers import cognito_errors as op
-from providers.base import (
+from providers.base import Provider, ProviderContext
+from providers.cognito import errors as op
+from providers.cognito import settings as cognito_settings
+from providers.cognito.api import CognitoApi
+from providers.cognito.profile import (
+    attributes_of,
+    email_of,
+    profile_data,
+    writable_attributes,
+)
+from providers.cognito.settings import CognitoSettings
+from providers.kit.inputs import device_id_arg, optional_str, require_device_id, require_str
+from providers.kit.jwt import Claims, JwtVerifier, require_claim
+from providers.kit.settings import SettingsReader
+from providers.kit.tokens import MAX_TOKEN_CHARS, refuse_if_revoked, require_bearer, token_revoked
+from providers.values import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Provider,
-    ProviderContext,
     Reply,
     Request,
     Session,
@@ -34,20 +48,7 @@ from providers.base import (
     Unavailable,
     UpstreamTokens,
     User,
-    canonical_uuid,
-    optional_str,
-    require_bearer,
-    require_str,
 )
-from providers.cognito_api import CognitoApi
-from providers.cognito_profile import (
-    attributes_of,
-    email_of,
-    profile_data,
-    writable_attributes,
-)
-from providers.cognito_settings import CognitoSettings
-from providers.cognito_tokens import MAX_TOKEN_LEN, AccessClaims, AccessTokenVerifier
 
 # Cognito's own bound on passwords.
 MAX_PASSWORD_LEN = 256
@@ -63,22 +64,43 @@ class _Tokens:
     refresh: str | None
 
 
-class CognitoProvider(Provider):
+@dataclass(frozen=True)
+class AccessClaims:
+    sub: str
+    # Cognito's username: the one SECRET_HASH and USERNAME take. With email
+    # as the pool's sign-in attribute it is a UUID, not the email.
+    username: str
+    iat: int
+    exp: int
+
+    @classmethod
+    def of(cls, claims: Claims) -> AccessClaims:
+        return cls(
+            sub=claims["sub"],
+            username=require_claim(claims, "username"),
+            iat=int(claims["iat"]),
+            exp=int(claims["exp"]),
+        )
+
+
+class CognitoProvider(Provider[CognitoSettings]):
     name = "awsCognito"
     strategies = ("email",)
 
-    def __init__(self, settings: Mapping[str, Any], ctx: ProviderContext) -> None:
+    def __init__(self, settings: CognitoSettings, ctx: ProviderContext) -> None:
         super().__init__(settings, ctx)
-        self._cfg = CognitoSettings.parse(settings)
-        self._api = CognitoApi(self._cfg, ctx)
-        self._verifier = AccessTokenVerifier(self._cfg, ctx.http)
+        self._api = CognitoApi(settings, ctx)
+        self._verifier = JwtVerifier(settings.verifier, ctx.http, now=ctx.now)
 
     @classmethod
-    def validate_settings(cls, settings: Mapping[str, Any]) -> None:
-        CognitoSettings.parse(settings)
+    def read_settings(cls, s: SettingsReader) -> CognitoSettings:
+        return cognito_settings.read(s)
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+    async def _verify(self, token: str, *, allow_expired: bool = False) -> AccessClaims:
+        return AccessClaims.of(await self._verifier.verify(token, allow_expired=allow_expired))
 
     # ------------------------------------------------------------ register
     async def create_user(self, req: Request) -> Reply:
@@ -98,11 +120,11 @@ class CognitoProvider(Provider):
         if not isinstance(sub, str) or not sub:
             raise _bad_reply()
         confirmed = bool(reply.get("UserConfirmed"))
-        if self._cfg.auto_confirm and not confirmed:
+        if self.settings.auto_confirm and not confirmed:
             await self._api.call(
                 op.CONFIRM_SIGN_UP,
                 "admin_confirm_sign_up",
-                UserPoolId=self._cfg.user_pool_id,
+                UserPoolId=self.settings.user_pool_id,
                 Username=email,
             )
             confirmed = True
@@ -122,7 +144,7 @@ class CognitoProvider(Provider):
     async def login(self, req: Request) -> Session:
         email = email_of(req.data)
         password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
-        device_id = _device_id(req)
+        device_id = device_id_arg(req, required=False)
         tokens = await self._password_auth(op.LOGIN, email, password)
         return await self._start_session(tokens, device_id)
 
@@ -130,7 +152,7 @@ class CognitoProvider(Provider):
         token, claims, _ = await self._authenticate(req)
         proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         previous = require_str(req.data, "previousPassword", max_len=MAX_PASSWORD_LEN)
-        device_id = _device_id(req)
+        device_id = device_id_arg(req, required=False)
         await self._api.call(
             op.CHANGE_PASSWORD,
             "change_password",
@@ -145,22 +167,22 @@ class CognitoProvider(Provider):
         return await self._start_session(tokens, device_id)
 
     async def refresh_session(self, req: Request) -> Session:
-        refresh = req.refresh_token or optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_LEN)
+        refresh = req.refresh_token or optional_str(
+            req.data, "refreshToken", max_len=MAX_TOKEN_CHARS
+        )
         if not refresh:
             raise InvalidArgument(
                 "MISSING_FIELD", "refreshToken is required", metadata={"field": "refreshToken"}
             )
-        device_id = _device_id(req)
+        device_id = device_id_arg(req, required=False)
         if await self.ctx.accounts.is_token_revoked(refresh):
             raise _refresh_revoked()
         # The access token being replaced (expired or not) says whose refresh
         # this is: SECRET_HASH must be computed over Cognito's username, and
         # the refresh token itself is opaque.
-        previous = (
-            await self._verifier.verify(req.bearer, allow_expired=True) if req.bearer else None
-        )
+        previous = await self._verify(req.bearer, allow_expired=True) if req.bearer else None
         params = {"REFRESH_TOKEN": refresh}
-        if self._cfg.client_secret is not None:
+        if self.settings.client_secret is not None:
             if previous is None:
                 raise Unauthenticated(
                     "MISSING_BEARER_TOKEN",
@@ -171,12 +193,12 @@ class CognitoProvider(Provider):
         reply = await self._api.call(
             op.REFRESH,
             "initiate_auth",
-            ClientId=self._cfg.client_id,
+            ClientId=self.settings.client_id,
             AuthFlow="REFRESH_TOKEN_AUTH",
             AuthParameters=params,
         )
         tokens = _tokens_of(reply)
-        claims = await self._verifier.verify(tokens.access)
+        claims = await self._verify(tokens.access)
         if previous is not None and previous.sub != claims.sub:
             raise Unauthenticated(
                 "INVALID_REFRESH_TOKEN",
@@ -195,7 +217,7 @@ class CognitoProvider(Provider):
 
     async def logout(self, req: Request) -> Reply:
         token, claims, user = await self._authenticate(req)
-        refresh = optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_LEN)
+        refresh = optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_CHARS)
         try:
             await self._api.call(op.LOGOUT, "global_sign_out", AccessToken=token)
         except Unauthenticated:
@@ -207,7 +229,7 @@ class CognitoProvider(Provider):
         await self.ctx.accounts.revoke_token(token, expires_at=claims.exp)
         if refresh:
             await self.ctx.accounts.revoke_token(
-                refresh, expires_at=now + self._cfg.refresh_token_validity
+                refresh, expires_at=now + self.settings.refresh_token_validity
             )
         return Reply(message="user logged out", data={})
 
@@ -221,11 +243,7 @@ class CognitoProvider(Provider):
         )
 
     async def check_user(self, req: Request) -> Reply:
-        if not req.device_id:
-            raise InvalidArgument(
-                "MISSING_FIELD", "deviceId is required", metadata={"field": "deviceId"}
-            )
-        device_id = canonical_uuid(req.device_id, field_name="deviceId")
+        device_id = require_device_id(req)
         token, claims, user = await self._authenticate(req)
         # Cognito's answer first: a token it refuses must not count as a login.
         user, username, attributes = await self._fresh_profile(token, claims, user)
@@ -290,7 +308,7 @@ class CognitoProvider(Provider):
 
     # -------------------------------------------------------------- helpers
     def _client_params(self, username: str) -> dict[str, str]:
-        params = {"ClientId": self._cfg.client_id}
+        params = {"ClientId": self.settings.client_id}
         secret_hash = self._api.secret_hash(username)
         if secret_hash is not None:
             params["SecretHash"] = secret_hash
@@ -304,14 +322,14 @@ class CognitoProvider(Provider):
         reply = await self._api.call(
             operation,
             "initiate_auth",
-            ClientId=self._cfg.client_id,
+            ClientId=self.settings.client_id,
             AuthFlow="USER_PASSWORD_AUTH",
             AuthParameters=params,
         )
         return _tokens_of(reply)
 
     async def _start_session(self, tokens: _Tokens, device_id: str | None) -> Session:
-        claims = await self._verifier.verify(tokens.access)
+        claims = await self._verify(tokens.access)
         username, attributes = await self._cognito_user(tokens.access, claims)
         user, created = await self.ctx.accounts.ensure_user(
             claims.sub, attributes=attributes, username=username
@@ -327,17 +345,15 @@ class CognitoProvider(Provider):
     async def _authenticate(self, req: Request) -> tuple[str, AccessClaims, User]:
         """The bearer token, its claims and its user, or Unauthenticated."""
         token = require_bearer(req)
-        claims = await self._verifier.verify(token)
+        claims = await self._verify(token)
         user = await self.ctx.accounts.find_user(claims.sub)
         if user is None:
             # Signed up or signed in elsewhere (console, hosted UI): still ours.
             user, _ = await self.ctx.accounts.ensure_user(claims.sub, username=claims.username)
-        if claims.iat < user.valid_after or await self.ctx.accounts.is_token_revoked(token):
-            raise Unauthenticated(
-                "TOKEN_REVOKED",
-                "this session was ended by a logout; sign in again",
-                metadata={"provider": self.name},
-            )
+        refuse_if_revoked(user, claims.iat)
+        # Same-second tokens pass the rule above; logout refused this one by hash.
+        if await self.ctx.accounts.is_token_revoked(token):
+            raise token_revoked()
         return token, claims, user
 
     async def _fresh_profile(
@@ -371,18 +387,11 @@ class CognitoProvider(Provider):
     async def _remember_refresh_token(self, refresh: str, user: User) -> None:
         await self.ctx.accounts.remember_token(
             self._refresh_marker(refresh, user),
-            expires_at=self.ctx.now() + self._cfg.refresh_token_validity,
+            expires_at=self.ctx.now() + self.settings.refresh_token_validity,
         )
 
     async def _refresh_token_is_current(self, refresh: str, user: User) -> bool:
         return await self.ctx.accounts.is_token_remembered(self._refresh_marker(refresh, user))
-
-
-def _device_id(req: Request) -> str | None:
-    value = req.data.get("deviceId") or req.device_id
-    if value in (None, ""):
-        return None
-    return canonical_uuid(value, field_name="deviceId")
 
 
 def _tokens_of(reply: Mapping[str, Any]) -> _Tokens:

@@ -18,8 +18,8 @@ import boto3
 from botocore.config import Config
 
 from providers.base import ProviderContext
-from providers.cognito_errors import translate
-from providers.cognito_settings import CognitoSettings
+from providers.cognito.errors import translate
+from providers.cognito.settings import CognitoSettings
 
 # Requests to Cognito run in the context's thread pool; enough pooled
 # connections that concurrent calls do not open and drop extra ones.

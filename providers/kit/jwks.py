@@ -3,9 +3,13 @@
 Refetching on an unknown `kid` is how key rotation is picked up, but the
 `kid` comes from an unauthenticated token: without a bound, a flood of forged
 tokens would turn into a flood of requests to the issuer. So refetches are
-single-flight (concurrent callers share one request) and at most one starts
-per `refetch_interval`; after a failed fetch, callers get UNAVAILABLE at once
-for `failure_backoff` seconds instead of each trying again.
+single-flight (concurrent callers share one request) and drawn from a small
+budget, a token bucket: `refetch_burst` refetches at once, then one more per
+`refetch_interval`. A token signed with a key the issuer published a second
+ago is accepted at once (the budget is full), while any number of forged
+`kid`s costs the issuer at most `refetch_burst` fetches, then one per
+interval. After a failed fetch, callers get UNAVAILABLE at once for
+`failure_backoff` seconds instead of each trying again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from providers.base import Unauthenticated, Unavailable, guarded
+from providers.kit.http import guarded, json_or_none
+from providers.values import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,33 @@ def parse_jwk(jwk: Mapping[str, Any]) -> VerificationKey | None:
     return VerificationKey(kid=kid, key=key, alg=alg, jwk=dict(jwk))
 
 
+class RefetchBudget:
+    """A token bucket: `burst` fetches at once, refilled at one per
+    `interval` seconds. Every fetch a token causes spends from it; only a
+    refetch for an unknown `kid` waits for it (a first fetch, or one after
+    the TTL, goes ahead regardless: the keys are needed either way)."""
+
+    def __init__(self, burst: int, interval: float, monotonic: Callable[[], float]) -> None:
+        self._burst = float(max(1, burst))
+        self._interval = interval
+        self._mono = monotonic
+        self._tokens = self._burst
+        self._at = monotonic()
+
+    def available(self) -> bool:
+        self._refill()
+        return self._tokens >= 1.0
+
+    def spend(self) -> None:
+        self._refill()
+        self._tokens = max(0.0, self._tokens - 1.0)
+
+    def _refill(self) -> None:
+        now = self._mono()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) / self._interval)
+        self._at = now
+
+
 class JwksCache:
     def __init__(
         self,
@@ -92,6 +124,7 @@ class JwksCache:
         *,
         ttl: float = 600.0,
         refetch_interval: float = 30.0,
+        refetch_burst: int = 3,
         failure_backoff: float = 2.0,
         timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
@@ -100,7 +133,7 @@ class JwksCache:
         self._http = http
         self._jwks_uri = jwks_uri
         self._ttl = ttl
-        self._refetch_interval = refetch_interval
+        self._budget = RefetchBudget(refetch_burst, refetch_interval, monotonic)
         self._failure_backoff = failure_backoff
         self._timeout = timeout
         self._mono = monotonic
@@ -124,7 +157,8 @@ class JwksCache:
         if self._fetched_at is not None and now - self._fetched_at < self._ttl:
             if kid in self._keys:
                 return self._keys[kid]
-            if since_attempt < self._refetch_interval:
+            # An unknown kid within the TTL: a rotation, or a forgery.
+            if not self._budget.available():
                 raise _unknown_key()
         elif self._last_failed and since_attempt < self._failure_backoff:
             stale = self._stale_key(kid, now)
@@ -143,6 +177,7 @@ class JwksCache:
 
     async def _join(self, kid: str) -> None:
         if self._inflight is None:
+            self._budget.spend()
             self._last_attempt = self._mono()
             task = asyncio.ensure_future(self._fetch())
             task.add_done_callback(self._fetch_done)
@@ -198,10 +233,7 @@ def _parse_set(resp: httpx.Response) -> dict[str, VerificationKey]:
     if len(resp.content) > MAX_JWKS_BYTES:
         log.warning("JWKS document is larger than %d bytes", MAX_JWKS_BYTES)
         raise _unavailable(reason="UPSTREAM_BAD_RESPONSE")
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
+    body = json_or_none(resp)
     if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
         log.warning("JWKS document is not a key set")
         raise _unavailable(reason="UPSTREAM_BAD_RESPONSE")

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from providers.base import AlreadyExists, InvalidArgument, NotFound, ProviderError, guarded
-from providers.upstream import misconfigured, rate_limited, upstream_error
+from providers.kit.http import (
+    guarded,
+    json_object,
+    misconfigured,
+    rate_limited,
+    retry_after,
+    upstream_error,
+)
+from providers.values import AlreadyExists, InvalidArgument, NotFound, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,12 @@ class Auth0Management:
         config: ManagementConfig,
         http: httpx.AsyncClient,
         *,
+        now: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = config
         self._http = http
+        self._now = now
         self._mono = monotonic
         self._token: str | None = None
         self._expires_at = 0.0
@@ -73,7 +82,7 @@ class Auth0Management:
             )
             if resp.status_code == 401 and attempt == 1:
                 continue  # revoked or rotated upstream: one fresh token, one retry
-            _raise_for_patch(resp)
+            self._raise_for_patch(resp)
             return
 
     async def _access_token(self, *, stale: str | None) -> str:
@@ -98,10 +107,10 @@ class Auth0Management:
                     "Auth0 refused the Management API client credentials (HTTP %d)",
                     resp.status_code,
                 )
-                raise misconfigured(PROVIDER)
+                raise misconfigured(PROVIDER, "the Management API client credentials")
             if resp.status_code == 429:
-                raise rate_limited(PROVIDER, _reset_after(resp.headers, time.time()))
-            body = _json(resp) if resp.status_code == 200 else None
+                raise rate_limited(PROVIDER, self._retry_after(resp))
+            body = json_object(resp) if resp.status_code == 200 else None
             token = body.get("access_token") if body else None
             lifetime = body.get("expires_in") if body else None
             if not isinstance(token, str) or not isinstance(lifetime, int | float):
@@ -110,55 +119,38 @@ class Auth0Management:
             self._expires_at = self._mono() + max(0.0, float(lifetime) - EXPIRY_MARGIN)
             return token
 
+    def _raise_for_patch(self, resp: httpx.Response) -> None:
+        status = resp.status_code
+        if status == 200:
+            return
+        error: ProviderError
+        if status == 400:
+            error = InvalidArgument(
+                "USERNAME_REJECTED",
+                "Auth0 does not accept this username for this user",
+                metadata={"field": "username", "provider": PROVIDER},
+            )
+        elif status == 404:
+            error = NotFound(
+                "UPSTREAM_USER_NOT_FOUND",
+                "the user no longer exists at Auth0",
+                metadata={"provider": PROVIDER},
+            )
+        elif status == 409:
+            error = AlreadyExists(
+                "USERNAME_TAKEN",
+                "another Auth0 user has this username",
+                metadata={"field": "username", "provider": PROVIDER},
+            )
+        elif status in (401, 403):
+            log.error("Auth0 Management API refused our token (HTTP %d); check its scopes", status)
+            error = misconfigured(PROVIDER, "the Management API token")
+        elif status == 429:
+            error = rate_limited(PROVIDER, self._retry_after(resp))
+        else:
+            error = upstream_error(PROVIDER, status)
+        raise error
 
-def _raise_for_patch(resp: httpx.Response) -> None:
-    status = resp.status_code
-    if status == 200:
-        return
-    error: ProviderError
-    if status == 400:
-        error = InvalidArgument(
-            "USERNAME_REJECTED",
-            "Auth0 does not accept this username for this user",
-            metadata={"field": "username", "provider": PROVIDER},
-        )
-    elif status == 404:
-        error = NotFound(
-            "UPSTREAM_USER_NOT_FOUND",
-            "the user no longer exists at Auth0",
-            metadata={"provider": PROVIDER},
-        )
-    elif status == 409:
-        error = AlreadyExists(
-            "USERNAME_TAKEN",
-            "another Auth0 user has this username",
-            metadata={"field": "username", "provider": PROVIDER},
-        )
-    elif status in (401, 403):
-        log.error("Auth0 Management API refused our token (HTTP %d); check its scopes", status)
-        error = misconfigured(PROVIDER)
-    elif status == 429:
-        error = rate_limited(PROVIDER, _reset_after(resp.headers, time.time()))
-    else:
-        error = upstream_error(PROVIDER, status)
-    raise error
-
-
-def _reset_after(headers: Mapping[str, str], now: float) -> float:
-    """Seconds until Auth0's rate limit resets (`x-ratelimit-reset` is a Unix
-    time), or Retry-After, or 1."""
-    for name, absolute in (("x-ratelimit-reset", True), ("retry-after", False)):
-        try:
-            value = float(headers[name])
-        except (KeyError, ValueError):
-            continue
-        return value - now if absolute else value
-    return 1.0
-
-
-def _json(resp: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = resp.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    def _retry_after(self, resp: httpx.Response) -> float:
+        # Auth0 sends x-ratelimit-reset (a Unix time) on its 429s.
+        return retry_after(resp.headers, now=self._now(), reset_header="x-ratelimit-reset")

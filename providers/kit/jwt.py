@@ -1,9 +1,12 @@
-"""Verifies JWTs issued by an OpenID Connect issuer that publishes a JWKS.
+"""THE JWT verifier: every upstream token that is a JWT (authZero, oidc,
+google, awsCognito access tokens) is checked here, the same way.
 
-Shared by every provider that is handed an upstream JWT (authZero, oidc,
-google). Each refusal is UNAUTHENTICATED with its own reason, so clients and
+Each refusal is UNAUTHENTICATED with its own reason, so clients and
 operators can tell an expired token from a forged one; an issuer that cannot
-be reached is UNAVAILABLE, never a refusal of the user.
+be reached is UNAVAILABLE, never a refusal of the user. A provider differs
+only in its `VerifierConfig`: which issuers and audiences, which claim holds
+the audience (Cognito access tokens carry `client_id`, not `aud`), which
+claims must hold fixed values (`token_use: access`), which algorithms.
 
 The order matters: the signature is checked before any claim, so an
 unsigned or forged token learns nothing about which claims would pass.
@@ -17,18 +20,18 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from ipaddress import ip_address
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from providers.base import Unauthenticated, Unavailable, User, guarded
-from providers.jwks import JwksCache, VerificationKey
-from providers.upstream import timeout_setting
+from providers.kit.http import guarded, json_object
+from providers.kit.jwks import JwksCache, VerificationKey
+from providers.kit.settings import SettingsError, SettingsReader, check_url
+from providers.kit.tokens import MAX_TOKEN_CHARS
+from providers.values import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,62 +51,10 @@ _KEY_FOR_ALG: dict[str, tuple[type[Any], type[ec.EllipticCurve] | None]] = {
     "EdDSA": (ed25519.Ed25519PublicKey, None),
 }
 SUPPORTED_ALGORITHMS = tuple(_KEY_FOR_ALG)
-MAX_TOKEN_CHARS = 16 * 1024
 MAX_LEEWAY = 300
 CLAIMS_CACHE_SIZE = 4096
 
 Claims = Mapping[str, Any]
-
-
-# --------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------
-def url_setting(settings: Mapping[str, Any], key: str) -> str | None:
-    """An optional URL setting. Plain http is accepted only for loopback
-    hosts (tests, sidecars): keys or profiles fetched over the network in
-    clear could be swapped by anyone on the path."""
-    value = settings.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key} must be a URL")
-    parts = urlsplit(value)
-    if parts.scheme == "https" and parts.hostname:
-        return value
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-        return value
-    raise ValueError(f"{key} must be an https:// URL (http:// only for localhost)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def str_list_setting(settings: Mapping[str, Any], key: str, *, required: bool) -> tuple[str, ...]:
-    """A setting given as one string or a list of strings."""
-    value = settings.get(key)
-    if value is None:
-        if required:
-            raise ValueError(f"{key} is required")
-        return ()
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
-        raise ValueError(f"{key} must be a non-empty string or a list of non-empty strings")
-    return tuple(items)
-
-
-def number_setting(
-    settings: Mapping[str, Any], key: str, *, default: float, low: float, high: float
-) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"{key} must be a number between {low} and {high}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -114,62 +65,64 @@ class VerifierConfig:
     # None: discovered from {issuer}/.well-known/openid-configuration.
     jwks_uri: str | None = None
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    # The claim the audiences are matched against.
+    audience_claim: str = "aud"
+    # Claims that must hold exactly these values (Cognito: token_use=access).
+    fixed_claims: Mapping[str, str] = field(default_factory=dict)
     leeway: float = 30.0
     jwks_ttl: float = 600.0
     refetch_interval: float = 30.0
+    refetch_burst: int = 3
     failure_backoff: float = 2.0
     timeout: float = 5.0
 
     @classmethod
-    def from_settings(
+    def read(
         cls,
-        settings: Mapping[str, Any],
+        s: SettingsReader,
         *,
         issuers: Sequence[str] | None = None,
         jwks_uri: str | None = None,
         audiences: Sequence[str] | None = None,
-        default_algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+        algorithms: Sequence[str] | None = None,
+        audience_claim: str = "aud",
+        fixed_claims: Mapping[str, str] | None = None,
     ) -> VerifierConfig:
-        """Reads the verifier's settings; arguments given by a provider (derived
-        from `domain`, Google's fixed issuers...) win over the settings block."""
+        """Reads the verifier's settings (`issuer`, `jwksUri`, `audience`,
+        `algorithms`, `leeway`, `jwksCacheTtl`, `jwksRefetchInterval`,
+        `timeoutSeconds`); what a provider passes in (derived from `domain`,
+        Google's fixed issuers, Cognito's pool...) is not read from the block."""
         if issuers is None:
-            issuer = settings.get("issuer")
-            if not isinstance(issuer, str) or not issuer:
-                raise ValueError("issuer is required")
-            issuers = (issuer,)
+            issuers = (s.required_string("issuer"),)
         if jwks_uri is None:
-            jwks_uri = url_setting(settings, "jwksUri")
+            jwks_uri = s.url("jwksUri")
             if jwks_uri is None:
                 # Discovery is fetched from the issuer, so it must be a URL we trust.
-                url_setting({"issuer": issuers[0]}, "issuer")
+                check_url(issuers[0], "issuer")
         if audiences is None:
-            audiences = str_list_setting(settings, "audience", required=True)
-        algorithms = str_list_setting(settings, "algorithms", required=False) or tuple(
-            default_algorithms
-        )
-        refused = [a for a in algorithms if a not in _KEY_FOR_ALG]
-        if refused:
-            raise ValueError(
-                f"algorithms {refused} are not allowed; use asymmetric ones: "
-                + ", ".join(SUPPORTED_ALGORITHMS)
-            )
+            audiences = s.strings("audience", required=True)
+        if algorithms is None:
+            algorithms = s.strings("algorithms", default=DEFAULT_ALGORITHMS)
+            refused = [a for a in algorithms if a not in _KEY_FOR_ALG]
+            if refused:
+                raise SettingsError(
+                    f"algorithms {refused} are not allowed; use asymmetric ones: "
+                    + ", ".join(SUPPORTED_ALGORITHMS)
+                )
         return cls(
             issuers=tuple(issuers),
             audiences=tuple(audiences),
             jwks_uri=jwks_uri,
             algorithms=tuple(algorithms),
-            leeway=number_setting(settings, "leeway", default=30, low=0, high=MAX_LEEWAY),
-            jwks_ttl=number_setting(settings, "jwksCacheTtl", default=600, low=1, high=86400),
-            refetch_interval=number_setting(
-                settings, "jwksRefetchInterval", default=30, low=0.1, high=3600
-            ),
-            timeout=timeout_setting(settings),
+            audience_claim=audience_claim,
+            fixed_claims=dict(fixed_claims or {}),
+            leeway=s.number("leeway", default=30, low=0, high=MAX_LEEWAY),
+            jwks_ttl=s.number("jwksCacheTtl", default=600, low=1, high=86400),
+            refetch_interval=s.number("jwksRefetchInterval", default=30, low=0.1, high=3600),
+            timeout=s.timeout(),
         )
 
 
-# --------------------------------------------------------------------------
-# The verifier
-# --------------------------------------------------------------------------
 class JwtVerifier:
     """One per provider instance (so per project): its caches never serve
     another project's issuer or audience. Safe for concurrent calls on one
@@ -180,7 +133,7 @@ class JwtVerifier:
         config: VerifierConfig,
         http: httpx.AsyncClient,
         *,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -192,6 +145,7 @@ class JwtVerifier:
             self._jwks_uri,
             ttl=config.jwks_ttl,
             refetch_interval=config.refetch_interval,
+            refetch_burst=config.refetch_burst,
             failure_backoff=config.failure_backoff,
             timeout=config.timeout,
             monotonic=monotonic,
@@ -206,7 +160,10 @@ class JwtVerifier:
     def jwks_fetches(self) -> int:
         return self._keys.fetches
 
-    async def verify(self, token: str) -> Claims:
+    async def verify(self, token: str, *, allow_expired: bool = False) -> Claims:
+        """The claims of a token that passes every check, or Unauthenticated.
+        `allow_expired` skips only `exp`: it is for learning whose session a
+        refresh continues, never for granting access."""
         now = self._now()
         hit = self._verified.get(token)
         if hit is not None:
@@ -237,8 +194,9 @@ class JwtVerifier:
             raise _malformed() from None
         if not isinstance(claims, dict):
             raise _malformed()
-        exp = self._check_claims(claims, now)
-        self._remember(token, claims, exp)
+        exp = self._check_claims(claims, now, allow_expired=allow_expired)
+        if now <= exp + self.config.leeway:
+            self._remember(token, claims, exp)
         return claims
 
     def _header(self, token: str) -> Mapping[str, Any]:
@@ -249,20 +207,25 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise _malformed() from None
 
-    def _check_claims(self, claims: Mapping[str, Any], now: float) -> float:
+    def _check_claims(self, claims: Mapping[str, Any], now: float, *, allow_expired: bool) -> float:
         cfg = self.config
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in cfg.issuers:
             raise _refuse("WRONG_ISSUER", "the token was issued by another issuer")
-        aud = claims.get("aud")
+        aud = claims.get(cfg.audience_claim)
         auds = [aud] if isinstance(aud, str) else aud
         if not isinstance(auds, list) or not any(
             isinstance(a, str) and a in cfg.audiences for a in auds
         ):
             raise _refuse("WRONG_AUDIENCE", "the token is meant for another audience")
+        for name, expected in cfg.fixed_claims.items():
+            if claims.get(name) != expected:
+                raise _refuse(
+                    "WRONG_TOKEN_TYPE", f"the token's {name} must be {expected}", claim=name
+                )
         exp = _time_claim(claims, "exp", required=True)
         assert exp is not None
-        if now > exp + cfg.leeway:
+        if now > exp + cfg.leeway and not allow_expired:
             raise _refuse("TOKEN_EXPIRED", "the token has expired")
         nbf = _time_claim(claims, "nbf", required=False)
         if nbf is not None and now + cfg.leeway < nbf:
@@ -297,30 +260,21 @@ class JwtVerifier:
         issuer = self.config.issuers[0]
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         resp = await guarded(self._http.get(url, timeout=self.config.timeout))
-        doc: Any = None
-        if resp.status_code == 200:
-            try:
-                doc = resp.json()
-            except ValueError:
-                doc = None
-        if not isinstance(doc, dict):
+        doc = json_object(resp) if resp.status_code == 200 else None
+        if doc is None:
             log.warning("OIDC discovery answered HTTP %d without a document", resp.status_code)
             raise Unavailable(
                 "UPSTREAM_UNAVAILABLE", "the identity provider cannot be reached", retry_after=1.0
             )
         # OpenID Connect Discovery 1.0 §4.3: the document must name the very
-        # issuer it was fetched for, or it may be an impostor's.
-        jwks_uri = doc.get("jwks_uri")
-        if doc.get("issuer") != issuer or not isinstance(jwks_uri, str):
-            log.error("OIDC discovery document does not match the configured issuer")
-            raise Unavailable(
-                "UPSTREAM_MISCONFIGURED",
-                "the identity provider's discovery document does not match its configuration",
-                retry_after=30.0,
-            )
+        # issuer it was fetched for, or it may be an impostor's. Its jwks_uri
+        # obeys the same URL rule as a configured one.
         try:
-            return url_setting({"jwks_uri": jwks_uri}, "jwks_uri") or ""
-        except ValueError:
+            if doc.get("issuer") != issuer:
+                raise SettingsError("issuer mismatch")
+            return check_url(doc.get("jwks_uri"), "jwks_uri")
+        except SettingsError:
+            log.error("OIDC discovery document does not match the configured issuer")
             raise Unavailable(
                 "UPSTREAM_MISCONFIGURED",
                 "the identity provider's discovery document does not match its configuration",
@@ -328,10 +282,13 @@ class JwtVerifier:
             ) from None
 
 
-def refuse_if_revoked(claims: Claims, user: User | None) -> None:
-    """Tokens issued before the user's sessions were revoked are refused."""
-    if user is not None and user.valid_after and claims["iat"] < user.valid_after:
-        raise _refuse("TOKEN_REVOKED", "the token was issued before the user signed out")
+def require_claim(claims: Claims, name: str) -> str:
+    """A string claim a provider needs beyond the verified ones (Cognito's
+    `username`), refused as MISSING_CLAIM when absent."""
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise _refuse("MISSING_CLAIM", f"the token has no {name} claim", claim=name)
+    return value
 
 
 def _check_key_fits(key: VerificationKey, alg: str) -> None:

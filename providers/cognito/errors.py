@@ -30,7 +30,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from providers.base import (
+from providers.values import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -262,8 +262,10 @@ def _client_error(exc: ClientError, operation: str) -> ProviderError:
 
 
 def _generic() -> ProviderError:
+    # Not UPSTREAM_ERROR (an outage, retryable): an answer the table does not
+    # know is ours to fix, so INTERNAL, with its own reason.
     return ProviderError(
-        "UPSTREAM_ERROR",
+        "UPSTREAM_UNMAPPED_ERROR",
         "Cognito could not complete the request; quote the requestId when reporting it",
         metadata={"provider": "awsCognito"},
     )

@@ -7,7 +7,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from providers.base import JSON, InvalidArgument, ProfileView, require_str
+from providers.kit.inputs import require_str
+from providers.values import JSON, InvalidArgument, ProfileView
 
 # Standard attributes a user may set on self sign-up or UpdateUserAttributes.
 # `email_verified`/`phone_number_verified` are left out on purpose: only the
