@@ -173,8 +173,9 @@ def settings(cognito: Cognito, pool: Pool, **extra: Any) -> dict[str, Any]:
         "region": REGION,
         "userPoolId": pool.id,
         "clientId": pool.client_id,
+        # No jwksUrl: like any emulator, moto serves the pool's keys under its
+        # endpoint, and the provider derives that URL from endpointUrl.
         "endpointUrl": cognito.url,
-        "jwksUrl": f"{cognito.url}/{pool.id}/.well-known/jwks.json",
         **extra,
     }
     if pool.client_secret:
@@ -220,7 +221,12 @@ def stack(
             project(
                 STUB,
                 "stub",
-                {**settings(cognito, cognito.a), "endpointUrl": stub.url, "timeoutSeconds": 0.5},
+                {
+                    **settings(cognito, cognito.a),
+                    "endpointUrl": stub.url,
+                    "jwksUrl": f"{cognito.url}/{cognito.a.id}/.well-known/jwks.json",
+                    "timeoutSeconds": 0.5,
+                },
             ),
         ]
     }

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.store.db import DatabaseUrl
-from tests.harness import Stack, error_reason, start_stack
+from tests.harness import Stack, error_reason, refused, start_stack
 
 PROJECT = str(uuid.uuid4())
 ONLY_ANON = str(uuid.uuid4())
@@ -153,6 +153,29 @@ def test_signature_verifies_through_the_edge(http: httpx.Client) -> None:
     assert http.post("/v1/signature:verify", json=tampered).json() == {"valid": False}
     elsewhere = {**call, "projectId": ONLY_ANON}
     assert http.post("/v1/signature:verify", json=elsewhere).json() == {"valid": False}
+
+
+@pytest.mark.parametrize(
+    ("project", "status", "reason"),
+    [
+        ("", 400, "MISSING_PROJECT_ID"),
+        ("not-a-uuid", 400, "INVALID_PROJECT_ID"),
+        (str(uuid.uuid4()), 404, "PROJECT_NOT_FOUND"),
+    ],
+)
+def test_signature_verify_checks_the_project_like_every_call(
+    http: httpx.Client, project: str, status: int, reason: str
+) -> None:
+    call = {
+        "projectId": project,
+        "userId": str(uuid.uuid4()),
+        "deviceId": str(uuid.uuid4()),
+        "timeStamp": 1,
+        "signature": "AB" * 20,
+    }
+    refused(http.post("/v1/signature:verify", json=call), status, reason)
+    # The same reasons as a provider call with the same projectId.
+    refused(http.put("/v1/user/login", json=anon_body(call["deviceId"], project)), status, reason)
 
 
 @pytest.mark.parametrize(
