@@ -29,7 +29,7 @@ from providers.base import Provider, ProviderContext
 from providers.kit.http import guarded, json_object, rate_limited, retry_after, upstream_error
 from providers.kit.inputs import app_profile_arg, optional_str, require_device_id
 from providers.kit.jwt import Claims, JwtVerifier, VerifierConfig
-from providers.kit.settings import SettingsError, SettingsReader
+from providers.kit.settings import SettingsError, SettingsReader, string_list
 from providers.kit.tokens import refuse_if_revoked, require_bearer
 from providers.values import JSON, InvalidArgument, ProfileView, Reply, Request, User
 
@@ -83,14 +83,10 @@ class OidcProvider(Provider[OidcSettings]):
             if source is None:  # switches a default mapping off
                 merged.pop(attr, None)
                 continue
-            names = [source] if isinstance(source, str) else source
-            if (
-                not isinstance(names, list)
-                or not names
-                or not all(isinstance(n, str) and n for n in names)
-            ):
+            names = string_list(source)
+            if names is None:
                 raise SettingsError(f"claims.{attr} must be a claim name or a list of claim names")
-            merged[attr] = tuple(names)
+            merged[attr] = names
         return merged
 
     # ---------------------------------------------------------- operations

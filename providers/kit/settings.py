@@ -124,14 +124,10 @@ class SettingsReader:
             if required:
                 raise SettingsError(f"{key} is required")
             return tuple(default)
-        items = [value] if isinstance(value, str) else value
-        if (
-            not isinstance(items, list)
-            or not items
-            or not all(isinstance(i, str) and i for i in items)
-        ):
+        items = string_list(value)
+        if items is None:
             raise SettingsError(f"{key} must be a non-empty string or a list of non-empty strings")
-        return tuple(items)
+        return items
 
     def number(self, key: str, *, default: float, low: float, high: float) -> float:
         value = self._take(key)
@@ -213,6 +209,17 @@ class SettingsReader:
     def _take(self, key: str) -> Any:
         self._known.add(key)
         return self._raw.get(key)
+
+
+def string_list(value: Any) -> tuple[str, ...] | None:
+    """One non-empty string or a non-empty list of them, as a tuple; None
+    for anything else."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        return None
+    if not all(isinstance(i, str) and i for i in items):
+        return None
+    return tuple(items)
 
 
 def _unset(value: Any) -> bool:
