@@ -2,7 +2,7 @@
 "custom providers or implementations" (Okta, Keycloak, Azure AD B2C, Gigya...).
 
 The app signs its user in with the issuer and sends us the issuer's JWT as
-a Bearer token. We verify it (providers/jwtverify.py), key the user on the
+a Bearer token. We verify it (providers/kit/jwt.py), key the user on the
 token's `sub`, seed the profile from the token (and /userinfo) on first sight,
 and keep the app's own profile data (`username`, `appProfile`) in our store.
 
