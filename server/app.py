@@ -8,7 +8,6 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import httpx
@@ -66,7 +65,7 @@ class Service:
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self._housekeeping: asyncio.Future[Any] | None = None
+        self._housekeeping: list[asyncio.Task[None]] = []
 
     async def _purge_expired(self, every: float = 600.0) -> None:
         # Every process does it; the DELETE is idempotent and cheap.
@@ -126,12 +125,26 @@ class Service:
         self.server = server
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._housekeeping = asyncio.gather(self._purge_expired(), self.keys.refresh_forever())
+        self._housekeeping = [
+            asyncio.create_task(self._purge_expired(), name="purge-expired"),
+            asyncio.create_task(self.keys.refresh_forever(), name="key-refresh"),
+        ]
         return port
 
+    async def _stop_housekeeping(self) -> None:
+        # Cancelled, then awaited: a future left holding an exception nobody
+        # retrieved is logged by asyncio at exit, traceback and all. A task
+        # that had died on its own is reported here instead.
+        for task in self._housekeeping:
+            task.cancel()
+        results = await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        for task, result in zip(self._housekeeping, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("background task %s had died", task.get_name(), exc_info=result)
+        self._housekeeping = []
+
     async def stop(self) -> None:
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        await self._stop_housekeeping()
         if self.server is not None:
             # Tell the edge first, so new calls go elsewhere while these drain.
             await self.health.enter_graceful_shutdown()
@@ -143,17 +156,25 @@ class Service:
         await self.engine.dispose()
 
 
-async def serve(service: Service, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+async def serve(
+    service: Service,
+    *,
+    ready: asyncio.Event | None = None,
+    lifecycle_level: int = logging.INFO,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return.
+
+    `lifecycle_level` is for the start and stop lines: under `identify up`
+    the supervisor reports those once for all its processes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = await service.start()
-    log.info("gRPC server listening on %s:%d", service.settings.host, port)
+    log.log(lifecycle_level, "gRPC server listening on %s:%d", service.settings.host, port)
     if ready is not None:
         ready.set()
     await stop.wait()
-    log.info("draining in-flight calls")
+    log.log(lifecycle_level, "draining in-flight calls")
     await service.stop()
-    log.info("stopped")
+    log.log(lifecycle_level, "stopped")

@@ -31,6 +31,10 @@ def _setup_logging(level: str) -> None:
     # These log full URLs (query strings carry tokens) and request details.
     for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Alembic narrates its plugins, its dialect and each step at INFO, which
+    # would come before `identify up`'s banner; `identify migrate` prints
+    # what it did in one line of its own.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _db_url(args: argparse.Namespace) -> str:
@@ -79,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not args.no_bootstrap:
             await _bootstrap(url, projects, args.migrate)
         service = Service(_settings(args, url, args.grpc_port), db.create_engine(url))
-        await serve(service)
+        await serve(service, lifecycle_level=logging.DEBUG if args.supervised else logging.INFO)
 
     asyncio.run(main())
     return 0
@@ -90,6 +94,7 @@ def _banner(
     url: str,
     ports: Sequence[int],
     projects: Sequence[config_mod.ProjectConfig],
+    admin: str | None,
 ) -> str:
     base = f"http://127.0.0.1:{args.http_port}"
     lines = [
@@ -101,6 +106,8 @@ def _banner(
         + " direct",
         f"  database     {db.DatabaseUrl.parse(url).redacted()}",
     ]
+    if admin is not None:
+        lines.append(f"  envoy admin  http://{admin}   (stats, clusters)")
     for project in projects:
         names = ", ".join(project.providers)
         lines.append(f"  project      {project.name}  {project.id}  providers: {names}")
@@ -133,6 +140,10 @@ def _cors_origins(args: argparse.Namespace) -> list[str]:
     return origins
 
 
+# After a terminal's "^C", on a line of its own.
+STOPPED = "\nIdentify stopped."
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from server.supervisor import Supervisor, default_workers, worker_command
 
@@ -148,14 +159,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         listen_address=args.listen_address,
         cors_origins=_cors_origins(args),
     )
+    # Before any child exists: a Ctrl-C while starting stops them in order too.
+    supervisor.catch_stop_signals()
     supervisor.start()
-    if not supervisor.wait_healthy(timeout=args.start_timeout):
+    healthy = supervisor.wait_healthy(timeout=args.start_timeout)
+    if supervisor.stop_requested:
+        supervisor.shutdown()
+        print(STOPPED, flush=True)
+        return 0
+    if not healthy:
         log.error("the edge did not become healthy in %ss", args.start_timeout)
         supervisor.shutdown()
         return 1
-    print(_banner(args, url, ports, projects), flush=True)
-    log.info("envoy admin (stats, clusters) on http://%s", supervisor.admin_address())
-    return supervisor.watch()
+    print(_banner(args, url, ports, projects, supervisor.admin_address()), flush=True)
+    code = supervisor.watch()
+    if code == 0:
+        print(STOPPED, flush=True)
+    return code
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
@@ -240,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
     common(srv)
     srv.add_argument("--no-bootstrap", action="store_true", help=argparse.SUPPRESS)
+    srv.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     srv.set_defaults(func=cmd_serve)
 
     env = sub.add_parser("envoy-config", help="print the rendered Envoy config")
@@ -273,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C where nothing catches it (reading the config, checking the
+        # schema): no process was started and an unfinished transaction rolls
+        # back, so a traceback would only say where we were.
+        return 130
     return code
 
 

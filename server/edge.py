@@ -1,7 +1,7 @@
 """Renders the Envoy edge config from envoy/envoy.yaml.
 
 The template stays plain YAML so operators can read it; only ports, paths,
-backends and the local-reply table are filled in here."""
+backends, the probe header and the local-reply table are filled in here."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "generated" / "identify.pb"
 MAX_BODY_BYTES = 64 * 1024
+# Marks the supervisor's own /healthz probes, which the access log leaves out.
+PROBE_HEADER = "x-identify-probe"
 
 # Envoy's own refusals, rendered like the service's errors (AIP-193 shape):
 # HTTP status -> (gRPC code, ErrorInfo reason, message).
@@ -152,4 +154,5 @@ def render(
         unmapped_code=code_pb2.UNKNOWN,
         cors_policy=json.dumps(_cors(cors_origins)),
         min_healthy_percent=f"{min_healthy:.2f}",
+        probe_header=PROBE_HEADER,
     )

@@ -3,11 +3,16 @@ and stopped together.
 
 Children run in their own session so a terminal's Ctrl-C reaches only us and
 we can stop them in order (servers drain first, then the edge); each child
-also asks the kernel to SIGTERM it if we die, so nothing is left behind."""
+also asks the kernel to SIGTERM it if we die, so nothing is left behind.
+
+The console is ours: the children's own start and stop chatter is kept out
+of it (see worker_command and shutdown), so a person sees the banner first
+and one line when everything has stopped."""
 
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
 import pathlib
@@ -16,9 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import envoy
@@ -103,6 +106,21 @@ class Supervisor:
             ],
         )
         self._stopping = False
+        self._stop_signal = 0
+
+    def catch_stop_signals(self) -> None:
+        """From now on SIGTERM and SIGINT (a terminal's Ctrl-C) only ask for
+        an orderly stop, which watch() and wait_healthy() act on."""
+
+        def request_stop(signum: int, _frame: object) -> None:
+            self._stop_signal = signum
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal != 0
 
     def start(self) -> None:
         for child in self.workers:
@@ -111,17 +129,14 @@ class Supervisor:
 
     def wait_healthy(self, timeout: float = 30.0) -> bool:
         host = "127.0.0.1" if self.listen_address in ("0.0.0.0", "::") else self.listen_address
-        url = f"http://{host}:{self.http_port}/healthz"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop_requested:
             if not self.envoy.alive():
                 return False
-            try:
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    if reply.status == 200:
-                        return True
-            except (urllib.error.URLError, OSError):
-                pass
+            # Marked, so Envoy's access log leaves these polls out.
+            probe = _status(host, self.http_port, "GET", "/healthz", {edge.PROBE_HEADER: "1"})
+            if probe == 200:
+                return True
             time.sleep(0.1)
         return False
 
@@ -131,14 +146,8 @@ class Supervisor:
 
     def watch(self) -> int:
         """Keep the children up until asked to stop; return the exit code."""
-        stop = {"signal": 0}
-
-        def request_stop(signum: int, _frame: object) -> None:
-            stop["signal"] = signum
-
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
-        while not stop["signal"]:
+        self.catch_stop_signals()
+        while not self.stop_requested:
             if not self.envoy.alive():
                 log.error("envoy exited unexpectedly; stopping")
                 self.shutdown()
@@ -172,12 +181,39 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         for child in self.workers:
             _wait(child, deadline)
-        if self.envoy.alive() and self.envoy.proc:
+        if self.envoy.alive() and self.envoy.proc and not self._quit_envoy():
             self.envoy.proc.send_signal(signal.SIGTERM)
         _wait(self.envoy, time.monotonic() + 5)
         for path in self._workdir.iterdir():
             path.unlink()
         self._workdir.rmdir()
+
+    def _quit_envoy(self) -> bool:
+        # The admin endpoint stops Envoy just as SIGTERM does, without the
+        # warning SIGTERM makes it log.
+        address = self.admin_address()
+        if address is None:
+            return False
+        return _status(address, None, "POST", "/quitquitquit", timeout=2) == 200
+
+
+def _status(
+    host: str,
+    port: int | None,
+    method: str,
+    path: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 1.0,
+) -> int | None:
+    """The status of one HTTP request, or None if nothing answered in time."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, headers=dict(headers or {}))
+        return connection.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
 
 
 def _wait(child: Child, deadline: float) -> None:
@@ -198,6 +234,9 @@ def worker_command(*, port: int, db_url: str, host: str, extra: Sequence[str] = 
         "server.cli",
         "serve",
         "--no-bootstrap",
+        # Their start and stop lines would repeat, per process, the banner
+        # and the stopped line we print; warnings and errors still show.
+        "--supervised",
         "--grpc-port",
         str(port),
         "--host",

@@ -23,6 +23,8 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.terminal import Terminal
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -61,6 +63,7 @@ class Stack:
     log_path: pathlib.Path
     proc: subprocess.Popen[bytes]
     _log: Any = field(repr=False, default=None)
+    terminal: Terminal | None = field(repr=False, default=None)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.http, timeout=10, **kwargs)
@@ -79,7 +82,19 @@ class Stack:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.terminal is not None:
+            self.terminal.close()
+            self.terminal = None
         return int(self.proc.returncode)
+
+    def interrupt(self, timeout: float = 30) -> int:
+        """Ctrl-C: typed when the stack runs in a terminal, else SIGINT."""
+        if self.terminal is None or self.proc.poll() is not None:
+            return self.stop(signal.SIGINT, timeout)
+        self.terminal.ctrl_c()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        return self.stop()
 
 
 def start_stack(
@@ -91,7 +106,10 @@ def start_stack(
     db_url: str | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 40,
+    terminal: bool = False,
 ) -> Stack:
+    """`identify up`, its output (stdout and stderr together) in a log file;
+    with `terminal`, written to a pseudo-terminal as `make run` is."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     config_path = tmp_dir / "identify.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
@@ -99,7 +117,9 @@ def start_stack(
     http_port = free_port()
     grpc_base = free_port_block(workers)
     log_path = tmp_dir / f"stack-{http_port}.log"
-    log = log_path.open("wb")
+    tty = Terminal(log_path) if terminal else None
+    log = None if tty else log_path.open("wb")
+    output = tty.popen_kwargs() if tty else {"stdout": log, "stderr": subprocess.STDOUT}
     proc_env = {
         **os.environ,
         # Fast shutdown in tests; production defaults are longer.
@@ -128,9 +148,10 @@ def start_stack(
         ],
         cwd=ROOT,
         env=proc_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        **output,
     )
+    if tty:
+        tty.started()
     stack = Stack(
         http=f"http://127.0.0.1:{http_port}",
         grpc_target=f"127.0.0.1:{grpc_base}",
@@ -141,6 +162,7 @@ def start_stack(
         log_path=log_path,
         proc=proc,
         _log=log,
+        terminal=tty,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
