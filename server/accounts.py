@@ -18,14 +18,14 @@ from server.store.schema import issued_tokens, revoked_tokens
 class ScopedAccounts:
     def __init__(
         self,
-        engine: Database,
+        database: Database,
         *,
         project_id: str,
         provider: str,
         secret: str,
         keys: KeyStore,
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._project_id = project_id
         self._provider = provider
         self._secret = secret
@@ -41,7 +41,7 @@ class ScopedAccounts:
         if existing is not None:
             return existing, False
         return await repo.ensure_user(
-            self._engine,
+            self._database,
             project_id=self._project_id,
             provider=self._provider,
             subject=subject,
@@ -53,24 +53,24 @@ class ScopedAccounts:
 
     async def find_user(self, subject: str) -> User | None:
         return await repo.find_user(
-            self._engine, self._project_id, "subject", subject, provider=self._provider
+            self._database, self._project_id, "subject", subject, provider=self._provider
         )
 
     async def find_by_external_id(self, external_id: str) -> User | None:
         return await repo.find_user(
-            self._engine, self._project_id, "external_id", external_id, provider=self._provider
+            self._database, self._project_id, "external_id", external_id, provider=self._provider
         )
 
     async def find_by_user_id(self, user_id: str) -> User | None:
         return await repo.find_user(
-            self._engine, self._project_id, "user_id", user_id, provider=self._provider
+            self._database, self._project_id, "user_id", user_id, provider=self._provider
         )
 
     async def record_login(self, user: User, device_id: str) -> Device:
         self._own(user)
         at = now()
         return await repo.record_login(
-            self._engine,
+            self._database,
             project_id=self._project_id,
             user_id=user.user_id,
             device_id=device_id,
@@ -104,7 +104,7 @@ class ScopedAccounts:
 
     async def profile(self, user: User) -> ProfileView:
         self._own(user)
-        found, history = await repo.profile_rows(self._engine, self._project_id, user.user_id)
+        found, history = await repo.profile_rows(self._database, self._project_id, user.user_id)
         return ProfileView(user=user, devices=found, login_history=history)
 
     async def update_user(
@@ -128,11 +128,11 @@ class ScopedAccounts:
             values["attributes"] = attributes
         if values:
             updated = await repo.update_user(
-                self._engine, self._project_id, user.user_id, values=values, now=at
+                self._database, self._project_id, user.user_id, values=values, now=at
             )
         if attributes is not None and merge_attributes:
             updated = await repo.merge_attributes(
-                self._engine, self._project_id, user.user_id, attributes, at
+                self._database, self._project_id, user.user_id, attributes, at
             )
         if updated is None:
             raise LookupError("user vanished during update")
@@ -141,7 +141,7 @@ class ScopedAccounts:
     async def revoke_sessions(self, user: User, *, before: int) -> User:
         self._own(user)
         updated = await repo.update_user(
-            self._engine,
+            self._database,
             self._project_id,
             user.user_id,
             values={"valid_after": max(before, user.valid_after)},
@@ -153,22 +153,22 @@ class ScopedAccounts:
 
     async def revoke_token(self, token: str, *, expires_at: int) -> None:
         await repo.add_token_hash(
-            self._engine, revoked_tokens, self._project_id, tokens.token_hash(token), expires_at
+            self._database, revoked_tokens, self._project_id, tokens.token_hash(token), expires_at
         )
 
     async def is_token_revoked(self, token: str) -> bool:
         return await repo.has_token_hash(
-            self._engine, revoked_tokens, self._project_id, tokens.token_hash(token), now()
+            self._database, revoked_tokens, self._project_id, tokens.token_hash(token), now()
         )
 
     async def remember_token(self, token: str, *, expires_at: int) -> None:
         await repo.add_token_hash(
-            self._engine, issued_tokens, self._project_id, tokens.token_hash(token), expires_at
+            self._database, issued_tokens, self._project_id, tokens.token_hash(token), expires_at
         )
 
     async def is_token_remembered(self, token: str) -> bool:
         return await repo.has_token_hash(
-            self._engine, issued_tokens, self._project_id, tokens.token_hash(token), now()
+            self._database, issued_tokens, self._project_id, tokens.token_hash(token), now()
         )
 
     def _own(self, user: User) -> None:

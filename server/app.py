@@ -49,11 +49,11 @@ class Settings:
 class Service:
     """Everything one server process owns, built and closed together."""
 
-    def __init__(self, settings: Settings, engine: Database) -> None:
+    def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
-        self.engine = engine
+        self.database = database
         self.registry = Registry.discover()
-        self.keys = KeyStore(engine, issuer=settings.issuer, refresh_every=settings.key_refresh)
+        self.keys = KeyStore(database, issuer=settings.issuer, refresh_every=settings.key_refresh)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=2.0),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
@@ -61,7 +61,7 @@ class Service:
         )
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="blocking")
         self.projects = ProjectCache(
-            engine, self.registry, self._context_for, ttl=settings.project_cache_ttl
+            database, self.registry, self._context_for, ttl=settings.project_cache_ttl
         )
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
@@ -72,7 +72,7 @@ class Service:
         while True:
             await asyncio.sleep(every)
             try:
-                removed = await repo.purge_expired_tokens(self.engine, now())
+                removed = await repo.purge_expired_tokens(self.database, now())
                 if removed:
                     log.info("purged %d expired token records", removed)
             except Exception:
@@ -80,7 +80,7 @@ class Service:
 
     def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
         accounts = ScopedAccounts(
-            self.engine,
+            self.database,
             project_id=loaded.project.id,
             provider=provider,
             secret=loaded.secret,
@@ -153,7 +153,7 @@ class Service:
         await self.projects.aclose()
         await self.http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
-        await self.engine.dispose()
+        await self.database.dispose()
 
 
 async def serve(

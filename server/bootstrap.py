@@ -14,16 +14,16 @@ from server.store.db import Database
 
 
 async def bootstrap(
-    engine: Database, projects: Sequence[ProjectConfig], *, auto_migrate: bool
+    database: Database, projects: Sequence[ProjectConfig], *, auto_migrate: bool
 ) -> None:
-    await db.ensure_schema(engine, auto_migrate=auto_migrate)
+    await db.ensure_schema(database, auto_migrate=auto_migrate)
     for project in projects:
         await repo.upsert_project(
-            engine,
+            database,
             project_id=project.id,
             name=project.name,
             providers_settings=project.providers,
             secret=tokens.new_project_secret(),
             now=now(),
         )
-    await ensure_signing_key(engine)
+    await ensure_signing_key(database)

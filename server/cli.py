@@ -55,11 +55,11 @@ def _load_projects(path: pathlib.Path | None) -> list[config_mod.ProjectConfig]:
 
 
 async def _bootstrap(url: str, projects: list[config_mod.ProjectConfig], migrate: bool) -> None:
-    engine = db.create_engine(url, pool_size=2)
+    database = db.open_database(url, pool_size=2)
     try:
-        await bootstrap(engine, projects, auto_migrate=migrate)
+        await bootstrap(database, projects, auto_migrate=migrate)
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> None:
         if not args.no_bootstrap:
             await _bootstrap(url, projects, args.migrate)
-        service = Service(_settings(args, url, args.grpc_port), db.create_engine(url))
+        service = Service(_settings(args, url, args.grpc_port), db.open_database(url))
         await serve(service, lifecycle_level=logging.DEBUG if args.supervised else logging.INFO)
 
     asyncio.run(main())
@@ -200,11 +200,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     url = _db_url(args)
 
     async def main() -> tuple[str | None, str]:
-        engine = db.create_engine(url, pool_size=1)
+        database = db.open_database(url, pool_size=1)
         try:
-            return await db.migrate(engine)
+            return await db.migrate(database)
         finally:
-            await engine.dispose()
+            await database.dispose()
 
     before, after = asyncio.run(main())
     print(f"schema {before or 'empty'} -> {after}")
@@ -217,7 +217,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
     url = _db_url(args)
 
     async def main() -> tuple[str, int]:
-        database = db.create_engine(url, pool_size=1)
+        database = db.open_database(url, pool_size=1)
         try:
             await db.ensure_schema(database, auto_migrate=False)
             return await rotate_signing_key(database)

@@ -12,26 +12,26 @@ from server.store.db import Database
 from server.tokens import SigningKey, TokenSigner
 
 
-async def ensure_signing_key(engine: Database) -> None:
+async def ensure_signing_key(database: Database) -> None:
     key = SigningKey.generate()
     await repo.insert_signing_key_if_none(
-        engine, kid=key.kid, private_pem=key.private_pem(), now=now()
+        database, kid=key.kid, private_pem=key.private_pem(), now=now()
     )
 
 
-async def rotate_signing_key(engine: Database) -> tuple[str, int]:
+async def rotate_signing_key(database: Database) -> tuple[str, int]:
     """A new active key; the old ones stay published until their tokens
     have expired. Returns (new kid, keys retired)."""
     key = SigningKey.generate()
     retired = await repo.rotate_signing_key(
-        engine, kid=key.kid, private_pem=key.private_pem(), now=now()
+        database, kid=key.kid, private_pem=key.private_pem(), now=now()
     )
     return key.kid, retired
 
 
 class KeyStore:
-    def __init__(self, engine: Database, *, issuer: str, refresh_every: float = 60.0) -> None:
-        self._engine = engine
+    def __init__(self, database: Database, *, issuer: str, refresh_every: float = 60.0) -> None:
+        self._database = database
         self._issuer = issuer
         self._refresh_every = refresh_every
         self._signer: TokenSigner | None = None
@@ -62,10 +62,10 @@ class KeyStore:
         return self._signer
 
     async def _load(self) -> None:
-        rows = await repo.load_signing_keys(self._engine)
+        rows = await repo.load_signing_keys(self._database)
         if not rows:
-            await ensure_signing_key(self._engine)
-            rows = await repo.load_signing_keys(self._engine)
+            await ensure_signing_key(self._database)
+            rows = await repo.load_signing_keys(self._database)
         keys = [
             SigningKey.from_pem(kid, pem, created, retired) for kid, pem, created, retired in rows
         ]

@@ -48,7 +48,7 @@ class ProviderSetupError(Exception):
 class ProjectCache:
     def __init__(
         self,
-        engine: Database,
+        database: Database,
         registry: Registry,
         context_factory: Any,
         *,
@@ -56,7 +56,7 @@ class ProjectCache:
         negative_ttl: float = 2.0,
         max_entries: int = 10_000,
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._registry = registry
         self._context_factory = context_factory
         self._ttl = ttl
@@ -81,7 +81,7 @@ class ProjectCache:
             clock = time.monotonic()
             if isinstance(entry, LoadedProject) and clock - entry.loaded_at < self._ttl:
                 return entry
-            row = await repo.get_project(self._engine, project_id)
+            row = await repo.get_project(self._database, project_id)
             loaded: LoadedProject | float
             loaded = (
                 clock

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from server.store.db import DatabaseUrl, create_engine
+from server.store.db import DatabaseUrl, open_database
 from server.supervisor import envoy_binary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_migrate_then_refuse_unknown_schema(tmp_path: pathlib.Path) -> None:
     assert "empty -> 0002" in out.stdout
 
     async def stamp() -> None:
-        database = create_engine(url)
+        database = open_database(url)
         await database.write(
             lambda conn: conn.execute(sa.text("UPDATE alembic_version SET version_num = 'ffff'"))
         )
@@ -122,7 +122,7 @@ def test_older_schema_is_refused_until_migrated(tmp_path: pathlib.Path) -> None:
     url = f"sqlite:///{tmp_path}/old.db"
 
     async def upgrade_to_first() -> None:
-        database = create_engine(url)
+        database = open_database(url)
 
         def run(conn: sa.Connection) -> None:
             cfg = db._alembic_config()

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from server.store import schema
-from server.store.db import create_engine
+from server.store.db import open_database
 from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.fakes.x_api import FakeXApi, XUser
 from tests.harness import Stack, refused, start_stack
@@ -198,7 +198,7 @@ def revoke_sessions_in_store(db_url: str, project: str, user_id: str, before: in
     does it for social users, so the test writes the row itself."""
 
     async def go() -> None:
-        database = create_engine(db_url, pool_size=1)
+        database = open_database(db_url, pool_size=1)
         try:
             await database.write(
                 lambda conn: conn.execute(

@@ -176,7 +176,7 @@ class Database:
         self._sync.dispose()
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> Database:
+def open_database(url: str, *, pool_size: int = 10) -> Database:
     return Database(url, pool_size=pool_size)
 
 

@@ -50,7 +50,7 @@ _GET_PROJECT = sa.select(projects).where(projects.c.project_id == P("project_id"
 
 
 async def upsert_project(
-    db: Database,
+    database: Database,
     *,
     project_id: str,
     name: str,
@@ -78,29 +78,31 @@ async def upsert_project(
             )
         )
 
-    await db.write(run)
+    await database.write(run)
 
 
-async def get_project(db: Database, project_id: str) -> ProjectRow | None:
+async def get_project(database: Database, project_id: str) -> ProjectRow | None:
     def run(conn: sa.Connection) -> ProjectRow | None:
         row = conn.execute(_GET_PROJECT, {"project_id": project_id}).first()
         if row is None:
             return None
         return ProjectRow(row.project_id, row.name, row.secret, row.providers, row.updated_at)
 
-    return await db.read(run)
+    return await database.read(run)
 
 
 # ------------------------------------------------------------ signing keys
-async def load_signing_keys(db: Database) -> list[tuple[str, str, int, int | None]]:
+async def load_signing_keys(database: Database) -> list[tuple[str, str, int, int | None]]:
     def run(conn: sa.Connection) -> list[tuple[str, str, int, int | None]]:
         rows = conn.execute(sa.select(signing_keys)).all()
         return [(r.kid, r.private_pem, r.created_at, r.retired_at) for r in rows]
 
-    return await db.read(run)
+    return await database.read(run)
 
 
-async def insert_signing_key_if_none(db: Database, *, kid: str, private_pem: str, now: int) -> None:
+async def insert_signing_key_if_none(
+    database: Database, *, kid: str, private_pem: str, now: int
+) -> None:
     """Racing processes may each try; a second active key is harmless (both
     are published), so no stronger lock is needed."""
 
@@ -117,10 +119,10 @@ async def insert_signing_key_if_none(db: Database, *, kid: str, private_pem: str
                 )
             )
 
-    await db.write(run)
+    await database.write(run)
 
 
-async def rotate_signing_key(db: Database, *, kid: str, private_pem: str, now: int) -> int:
+async def rotate_signing_key(database: Database, *, kid: str, private_pem: str, now: int) -> int:
     """Retire every active key and add a new one, in one transaction;
     returns how many were retired."""
 
@@ -135,7 +137,7 @@ async def rotate_signing_key(db: Database, *, kid: str, private_pem: str, now: i
         )
         return int(retired or 0)
 
-    return await db.write(run)
+    return await database.write(run)
 
 
 # -------------------------------------------------------------------- users
@@ -170,7 +172,7 @@ _USER_BY_ID = sa.select(users).where(
 
 
 async def find_user(
-    db: Database, project_id: str, column: str, value: str, provider: str
+    database: Database, project_id: str, column: str, value: str, provider: str
 ) -> User | None:
     params = {"project_id": project_id, "provider": provider, "value": value}
 
@@ -178,11 +180,11 @@ async def find_user(
         row = conn.execute(_FIND_USER[column], params).first()
         return _user(row) if row else None
 
-    return await db.read(run)
+    return await database.read(run)
 
 
 async def ensure_user(
-    db: Database,
+    database: Database,
     *,
     project_id: str,
     provider: str,
@@ -222,11 +224,11 @@ async def ensure_user(
         ).one()
         return _user(row), row.user_id == user_id
 
-    return await db.write(run)
+    return await database.write(run)
 
 
 async def update_user(
-    db: Database, project_id: str, user_id: str, *, values: Mapping[str, Any], now: int
+    database: Database, project_id: str, user_id: str, *, values: Mapping[str, Any], now: int
 ) -> User | None:
     """One UPDATE statement, so concurrent writers never interleave fields."""
     key = {"project_id": project_id, "user_id": user_id}
@@ -240,11 +242,11 @@ async def update_user(
         row = conn.execute(_USER_BY_ID, key).first()
         return _user(row) if row else None
 
-    return await db.write(run)
+    return await database.write(run)
 
 
 async def merge_attributes(
-    db: Database, project_id: str, user_id: str, patch: Mapping[str, Any], now: int
+    database: Database, project_id: str, user_id: str, patch: Mapping[str, Any], now: int
 ) -> User | None:
     """Read-merge-write in one transaction that holds the row (SELECT ... FOR
     UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the database)."""
@@ -267,7 +269,7 @@ async def merge_attributes(
         )
         return _user(conn.execute(_USER_BY_ID, key).one())
 
-    return await db.write(run)
+    return await database.write(run)
 
 
 # ------------------------------------------------------- devices and logins
@@ -305,7 +307,7 @@ _DEVICE_UPSERT = {dialect: _device_upsert(dialect) for dialect in ("sqlite", "po
 
 
 async def record_login(
-    db: Database, *, project_id: str, user_id: str, device_id: str, now: int, signature: str
+    database: Database, *, project_id: str, user_id: str, device_id: str, now: int, signature: str
 ) -> Device:
     params = {
         "project_id": project_id,
@@ -321,7 +323,7 @@ async def record_login(
         conn.execute(_INSERT_LOGIN, params)
         return int(sign_up)
 
-    sign_up = await db.write(run)
+    sign_up = await database.write(run)
     return Device(device_id, sign_up, now, now, signature)
 
 
@@ -339,7 +341,7 @@ _HISTORY = (
 
 
 async def profile_rows(
-    db: Database, project_id: str, user_id: str
+    database: Database, project_id: str, user_id: str
 ) -> tuple[Sequence[Device], list[int]]:
     key = {"project_id": project_id, "user_id": user_id}
 
@@ -351,7 +353,7 @@ async def profile_rows(
         history = sorted(conn.execute(_HISTORY, key).scalars())
         return found, history
 
-    return await db.read(run)
+    return await database.read(run)
 
 
 # ------------------------------------------------- revoked and issued tokens
@@ -367,7 +369,7 @@ _HAS_HASH = {table.name: _has_hash(table) for table in (revoked_tokens, issued_t
 
 
 async def add_token_hash(
-    db: Database, table: sa.Table, project_id: str, token_hash: str, expires_at: int
+    database: Database, table: sa.Table, project_id: str, token_hash: str, expires_at: int
 ) -> None:
     def run(conn: sa.Connection) -> None:
         conn.execute(
@@ -376,21 +378,21 @@ async def add_token_hash(
             .on_conflict_do_nothing(index_elements=[table.c.project_id, table.c.token_hash])
         )
 
-    await db.write(run)
+    await database.write(run)
 
 
 async def has_token_hash(
-    db: Database, table: sa.Table, project_id: str, token_hash: str, now: int
+    database: Database, table: sa.Table, project_id: str, token_hash: str, now: int
 ) -> bool:
     params = {"project_id": project_id, "token_hash": token_hash, "now": now}
 
     def run(conn: sa.Connection) -> bool:
         return conn.execute(_HAS_HASH[table.name], params).first() is not None
 
-    return await db.read(run)
+    return await database.read(run)
 
 
-async def purge_expired_tokens(db: Database, now: int) -> int:
+async def purge_expired_tokens(database: Database, now: int) -> int:
     def run(conn: sa.Connection) -> int:
         removed = 0
         for table in (revoked_tokens, issued_tokens):
@@ -398,4 +400,4 @@ async def purge_expired_tokens(db: Database, now: int) -> int:
             removed += int(result.rowcount or 0)
         return removed
 
-    return await db.write(run)
+    return await database.write(run)
