@@ -214,9 +214,11 @@ async def ensure_user(
                 updated_at=now,
                 valid_after=0,
             )
-            .on_conflict_do_nothing(
-                index_elements=[users.c.project_id, users.c.provider, users.c.subject]
-            )
+            # Any unique key: racing inserts of one subject collide on
+            # (project, provider, subject) and on external_id (derived from
+            # the subject) alike. PostgreSQL raises on a conflict in an index
+            # other than a named arbiter, so none is named.
+            .on_conflict_do_nothing()
         )
         row = conn.execute(
             _FIND_USER["subject"],
