@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from providers.base import Provider
 from providers.kit.inputs import optional_str, require_device_id
-from providers.values import Reply, Request, Session
+from providers.values import JSON, Action, Reply, Request, Session, User
 
 
 class AnonymousProvider(Provider[None]):
@@ -16,7 +16,7 @@ class AnonymousProvider(Provider[None]):
         device_id = require_device_id(req)
         additional = optional_str(req.data, "additionalId", max_len=256)
         attributes = {"additionalId": additional} if additional else {}
-        user, created = await self.ctx.accounts.ensure_user(device_id, attributes=attributes)
+        user, created = await self._device_user(req, device_id, attributes)
         if additional and not created and user.attributes.get("additionalId") != additional:
             user = await self.ctx.accounts.update_user(user, attributes=attributes)
         return Reply(
@@ -33,5 +33,16 @@ class AnonymousProvider(Provider[None]):
 
     async def login(self, req: Request) -> Session:
         device_id = require_device_id(req)
-        user, _ = await self.ctx.accounts.ensure_user(device_id)
+        user, _ = await self._device_user(req, device_id, {})
         return await self.ctx.accounts.sign_in(user, device_id=device_id)
+
+    async def _device_user(
+        self, req: Request, device_id: str, attributes: JSON
+    ) -> tuple[User, bool]:
+        """The device's user; a device seen for the first time is a sign-up,
+        counted against the project's anonymous sign-up limits."""
+        user = await self.ctx.accounts.find_user(device_id)
+        if user is not None:
+            return user, False
+        await self.ctx.abuse.admit(Action.ANONYMOUS_SIGN_UP, req)
+        return await self.ctx.accounts.ensure_user(device_id, attributes=attributes)

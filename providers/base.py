@@ -12,7 +12,7 @@ rest (HTTP helpers, the JWT verifier, the social base).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import httpx
@@ -29,6 +29,7 @@ from providers.kit.settings import SettingsError, SettingsReader
 from providers.kit.tokens import require_bearer
 from providers.values import (
     JSON,
+    Action,
     AlreadyExists,
     Device,
     FailedPrecondition,
@@ -51,7 +52,9 @@ from providers.values import (
 
 __all__ = [
     "JSON",
+    "Abuse",
     "Accounts",
+    "Action",
     "AlreadyExists",
     "Device",
     "FailedPrecondition",
@@ -155,8 +158,29 @@ class Accounts(Protocol):
     async def is_token_remembered(self, token: str) -> bool: ...
 
 
+class Abuse(Protocol):
+    """Abuse protection, for the calls that create accounts or check
+    credentials (and only those: other calls pay nothing for it)."""
+
+    async def admit(self, action: Action, req: Request) -> None:
+        """Count one `action` for the project and the caller's IP; raises
+        ResourceExhausted RATE_LIMITED (with RetryInfo) past a limit."""
+        ...
+
+    async def credential_check(
+        self, account: str, check: Callable[[], Awaitable[T]], *, failures: Collection[str]
+    ) -> T:
+        """Run `check`, a credential check against `account` (an email, say),
+        unless the account is locked (ResourceExhausted
+        TOO_MANY_FAILED_ATTEMPTS). A domain error whose reason is in
+        `failures` counts as one failure; success forgets the count. Accounts
+        that do not exist lock the same way, so the answer reveals nothing."""
+        ...
+
+
 class ProviderContext(Protocol):
     accounts: Accounts
+    abuse: Abuse
     # Shared pooled client; providers set per-call timeouts.
     http: httpx.AsyncClient
 

@@ -9,7 +9,7 @@ import uuid
 
 from providers.base import Provider
 from providers.kit.inputs import app_profile_arg
-from providers.values import InvalidArgument, NotFound, Reply, Request, User
+from providers.values import Action, InvalidArgument, NotFound, Reply, Request, User
 
 _EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,6 +37,7 @@ class NoLoginProvider(Provider[None]):
 
     async def create_user(self, req: Request) -> Reply:
         app_profile = app_profile_arg(req.data)
+        await self.ctx.abuse.admit(Action.ANONYMOUS_SIGN_UP, req)
         # The subject is random: a noLogin user has no identity elsewhere.
         user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()))
         if app_profile is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 JSON = dict[str, Any]
@@ -104,6 +105,9 @@ class Request:
     access_token: str | None = None
     refresh_token: str | None = None
     request_id: str = ""
+    # The client's IP as the edge decided it (behind trusted proxies), or the
+    # gRPC peer's for direct callers; what per-IP limits count.
+    client_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,3 +187,14 @@ class Reply:
     flat: bool = False
     external_id: str | None = None
     app_profile: JSON | None = None
+
+
+class Action(StrEnum):
+    """What abuse protection counts; the keys of a project's `limits:`."""
+
+    # A new account without credentials: an anonymous device, a noLogin user.
+    ANONYMOUS_SIGN_UP = "anonymousSignUp"
+    # A new account with credentials (awsCognito registration).
+    SIGN_UP = "signUp"
+    PASSWORD_LOGIN = "passwordLogin"
+    SOCIAL_CHECK = "socialCheck"

@@ -16,6 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from identify.v1 import identify_pb2, identify_pb2_grpc
 
 from providers.registry import Registry
+from server.abuse.counters import RateLimits, storage_for
+from server.abuse.guard import Guard
+from server.abuse.lockout import Lockout
+from server.abuse.policy import Limits
 from server.accounts import ScopedAccounts
 from server.clock import now
 from server.context import Context
@@ -29,6 +33,9 @@ from server.store.db import Database
 log = logging.getLogger(__name__)
 SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
 MAX_METADATA_BYTES = 64 * 1024
+# Credential failures untouched this long are gone for every project's policy
+# (the longest `resetAfterSeconds` allowed), so the table cannot grow forever.
+STALE_FAILURES_SECONDS = 30 * 86400
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Settings:
     drain_delay: float = 2.0
     # How often signing keys are reloaded (a rotation reaches us within it).
     key_refresh: float = 60.0
+    # Shared rate-limit counters (redis://...); None: each process counts alone.
+    redis_url: str | None = None
 
 
 class Service:
@@ -63,6 +72,8 @@ class Service:
         self.projects = ProjectCache(
             database, self.registry, self._context_for, ttl=settings.project_cache_ttl
         )
+        self.rate_limits = RateLimits(storage_for(settings.redis_url))
+        self.lockout = Lockout(database)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._housekeeping: list[asyncio.Task[None]] = []
@@ -73,6 +84,9 @@ class Service:
             await asyncio.sleep(every)
             try:
                 removed = await repo.purge_expired_tokens(self.database, now())
+                removed += await repo.purge_stale_credential_failures(
+                    self.database, before=now() - STALE_FAILURES_SECONDS
+                )
                 if removed:
                     log.info("purged %d expired token records", removed)
             except Exception:
@@ -86,7 +100,20 @@ class Service:
             secret=loaded.secret,
             keys=self.keys,
         )
-        return Context(accounts, self.http, self.executor)
+        project_id = loaded.project.id
+
+        async def limits() -> Limits:
+            current = await self.projects.get(project_id)
+            return current.limits if current is not None else loaded.limits
+
+        guard = Guard(
+            project_id=project_id,
+            provider=provider,
+            limits=limits,
+            rates=self.rate_limits,
+            lockout=self.lockout,
+        )
+        return Context(accounts, self.http, self.executor, guard)
 
     async def start(self) -> int:
         # The schema was checked by bootstrap (serve) or by the supervisor

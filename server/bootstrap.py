@@ -23,6 +23,7 @@ async def bootstrap(
             project_id=project.id,
             name=project.name,
             providers_settings=project.providers,
+            limits=project.limits,
             secret=tokens.new_project_secret(),
             now=now(),
         )

@@ -72,7 +72,26 @@ def _settings(args: argparse.Namespace, url: str, port: int) -> Settings:
         grace=float(os.environ.get("IDENTIFY_SHUTDOWN_GRACE", "10")),
         drain_delay=float(os.environ.get("IDENTIFY_DRAIN_DELAY", "2")),
         key_refresh=float(os.environ.get("IDENTIFY_KEY_REFRESH", "60")),
+        redis_url=_redis_url(args),
     )
+
+
+def _redis_url(args: argparse.Namespace) -> str | None:
+    """--redis, else IDENTIFY_REDIS_URL: shared rate-limit counters. Checked
+    here, so a wrong URL or a Redis that does not answer stops the start
+    instead of silently counting nothing."""
+    url: str | None = args.redis or os.environ.get("IDENTIFY_REDIS_URL") or None
+    if url is None:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("--redis must be a redis://, rediss:// or unix:// URL")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        raise ValueError(f"Redis at --redis does not answer: {type(exc).__name__}") from None
+    return url
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -149,6 +168,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     url = _db_url(args)
     projects = _load_projects(_config_path(args))
+    redis_url = _redis_url(args)
+    if redis_url is not None:
+        # The workers inherit it (and keep it out of their argv).
+        os.environ["IDENTIFY_REDIS_URL"] = redis_url
     asyncio.run(_bootstrap(url, projects, args.migrate))
     workers = args.workers or default_workers()
     ports = [args.grpc_port + i for i in range(workers)]
@@ -241,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1", help="address the gRPC servers bind")
         p.add_argument(
             "--migrate", action="store_true", help="apply pending migrations before serving"
+        )
+        p.add_argument(
+            "--redis",
+            metavar="URL",
+            help="redis://host:port: rate-limit counters shared by every process and machine"
+            " (env IDENTIFY_REDIS_URL; default: each process counts alone)",
         )
 
     up = sub.add_parser("up", help="gRPC server(s) and the Envoy edge together")

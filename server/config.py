@@ -7,6 +7,8 @@ projects:
     providers:
       anonymous: {}
       noLogin: {}
+    limits:                # optional: abuse limits (server/abuse/policy.py)
+      anonymousSignUp: {perIp: 30/hour}
 ```
 Provider settings use camelCase names. A secret may be written `${ENV_VAR}`:
 the reference is stored as written and resolved in each process from its own
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 from providers.registry import Registry
+from server.abuse.policy import parse_limits
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -39,6 +42,8 @@ class ProjectConfig:
     id: str
     name: str
     providers: Mapping[str, Mapping[str, Any]]
+    # The `limits:` block as written (None: the defaults); see server/abuse/policy.py.
+    limits: Mapping[str, Any] | None = None
 
 
 def resolve_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
@@ -106,5 +111,14 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
             except ValueError as exc:
                 raise ConfigError(f"{where}.providers.{provider_name}: {exc}") from None
             checked[provider_name] = dict(settings)
-        result.append(ProjectConfig(project_id, str(name), checked))
+        limits = entry.get("limits")
+        if limits is not None and not isinstance(limits, Mapping):
+            raise ConfigError(f"{where}.limits: must be a mapping")
+        try:
+            parse_limits(limits)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.limits: {exc}") from None
+        result.append(
+            ProjectConfig(project_id, str(name), checked, dict(limits) if limits else None)
+        )
     return result

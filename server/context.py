@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from providers.values import User
+from server.abuse.guard import Guard
 from server.accounts import ScopedAccounts
 from server.clock import now
 
@@ -19,10 +20,15 @@ T = TypeVar("T")
 
 class Context:
     def __init__(
-        self, accounts: ScopedAccounts, http: httpx.AsyncClient, executor: ThreadPoolExecutor
+        self,
+        accounts: ScopedAccounts,
+        http: httpx.AsyncClient,
+        executor: ThreadPoolExecutor,
+        abuse: Guard,
     ) -> None:
         self.accounts = accounts
         self.http = http
+        self.abuse = abuse
         self._executor = executor
 
     def now(self) -> int:

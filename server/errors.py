@@ -14,7 +14,9 @@ Envoy's own replies (server/edge.py) use the same shape and codes.
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -105,4 +107,19 @@ def _status(
         details.append(retry)
     proto = status_pb2.Status(code=code.value[0], message=message, details=details)
     status: grpc.Status = rpc_status.to_status(proto)
-    return status
+    if retry_after is None:
+        return status
+    # RetryInfo is for gRPC clients; REST clients (and their HTTP libraries)
+    # read Retry-After, which the edge passes on from the trailers.
+    return _RetryableStatus(
+        status.code,
+        status.details,
+        (*status.trailing_metadata, ("retry-after", str(max(1, math.ceil(retry_after))))),
+    )
+
+
+class _RetryableStatus(
+    collections.namedtuple("_RetryableStatus", ("code", "details", "trailing_metadata")),
+    grpc.Status,
+):
+    pass

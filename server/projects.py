@@ -19,6 +19,7 @@ from typing import Any
 from providers.base import Provider
 from providers.registry import Registry
 from providers.values import Project
+from server.abuse.policy import Limits, parse_limits
 from server.config import ConfigError, resolve_env
 from server.store import repo
 from server.store.db import Database
@@ -32,6 +33,7 @@ class LoadedProject:
     secret: str
     settings: Mapping[str, Mapping[str, Any]]
     loaded_at: float
+    limits: Limits
     instances: dict[str, Provider[Any]] = field(default_factory=dict)
 
 
@@ -87,7 +89,11 @@ class ProjectCache:
                 clock
                 if row is None
                 else LoadedProject(
-                    Project(row.project_id, row.name), row.secret, row.providers, clock
+                    Project(row.project_id, row.name),
+                    row.secret,
+                    row.providers,
+                    clock,
+                    _limits(row.project_id, row.limits),
                 )
             )
             self._entries[project_id] = loaded
@@ -138,3 +144,13 @@ class ProjectCache:
             except Exception:  # closing must not stop shutdown
                 log.exception("closing a provider failed")
         self._instances.clear()
+
+
+def _limits(project_id: str, raw: Mapping[str, Any] | None) -> Limits:
+    try:
+        return parse_limits(raw)
+    except ValueError as exc:
+        # Checked when the config was loaded; a row written by another
+        # version may still not parse here. Defaults protect meanwhile.
+        log.error("limits of project %s cannot be used (%s); the defaults apply", project_id, exc)
+        return parse_limits(None)

@@ -77,8 +77,16 @@ def _bounded(value: str, field: str) -> str | None:
     return value
 
 
-def _bearer(context: Ctx) -> str | None:
-    """The Authorization header's bearer token, bounded like every token."""
+# Set by the edge from the client address it decided on (behind
+# --trusted-proxies); a client's own copy is removed there. Direct gRPC
+# callers reach the servers without the edge, so their peer address counts.
+CLIENT_IP_HEADER = "x-identify-client-ip"
+
+
+def _caller(context: Ctx) -> tuple[str | None, str]:
+    """The bearer token (bounded like every token) and the client's IP."""
+    bearer: str | None = None
+    client_ip = ""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value if isinstance(value, str) else value.decode()
@@ -87,8 +95,20 @@ def _bearer(context: Ctx) -> str | None:
                 raise Unauthenticated(
                     "MALFORMED_AUTHORIZATION", "the Authorization header must be 'Bearer <token>'"
                 )
-            return bounded_token(token.strip(), "authorization")
-    return None
+            bearer = bounded_token(token.strip(), "authorization")
+        elif key == CLIENT_IP_HEADER:
+            client_ip = (value if isinstance(value, str) else value.decode())[:64]
+    return bearer, client_ip or _peer_ip(context.peer())
+
+
+def _peer_ip(peer: str) -> str:
+    # "ipv4:127.0.0.1:5051", "ipv6:[::1]:5051", "unix:..."
+    kind, _, address = peer.partition(":")
+    if kind == "ipv4":
+        return address.rpartition(":")[0]
+    if kind == "ipv6":
+        return address.rpartition(":")[0].strip("[]")
+    return kind
 
 
 def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
@@ -290,12 +310,14 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             loaded, instance, strategy = await self._resolve(
                 request.project_id, request.provider, request.strategy
             )
+            bearer, client_ip = _caller(context)
             req = Request(
                 project=loaded.project,
                 provider=request.provider,
                 strategy=strategy,
-                bearer=_bearer(context),
+                bearer=bearer,
                 request_id=request_id_var.get(),
+                client_ip=client_ip,
                 **route.fields(request),
             )
             return route.reply(req, await route.call(instance, req))

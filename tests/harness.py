@@ -126,6 +126,9 @@ def start_stack(
         "IDENTIFY_DRAIN_DELAY": "0.2",
         "IDENTIFY_SHUTDOWN_GRACE": "5",
         "IDENTIFY_PROJECT_CACHE_TTL": "1",
+        # Every test signs up and in from 127.0.0.1, far past any per-IP
+        # limit; the abuse tests turn the limits back on (env={... "on"}).
+        "IDENTIFY_RATE_LIMITS": "off",
         **(env or {}),
     }
     proc = subprocess.Popen(

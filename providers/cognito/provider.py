@@ -38,6 +38,7 @@ from providers.kit.jwt import Claims, JwtVerifier, require_claim
 from providers.kit.settings import SettingsReader
 from providers.kit.tokens import MAX_TOKEN_CHARS, refuse_if_revoked, require_bearer, token_revoked
 from providers.values import (
+    Action,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -53,6 +54,11 @@ from providers.values import (
 # Cognito's own bound on passwords.
 MAX_PASSWORD_LEN = 256
 MAX_CODE_LEN = 2048
+# The refusals that are a wrong credential, counted by the lockout (an
+# unknown email answers the same, so it is counted the same).
+_WRONG_PASSWORD = frozenset({"INVALID_CREDENTIALS"})
+# Cognito says "expired" for a code that is not the current one, too.
+_WRONG_CODE = frozenset({"INVALID_CODE", "EXPIRED_CODE"})
 # Fields of `data` that are not Cognito attributes.
 _REGISTER_FIELDS = ("email", "password", "deviceId")
 _UPDATE_FIELDS = ("deviceId",)
@@ -108,6 +114,7 @@ class CognitoProvider(Provider[CognitoSettings]):
         password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         attributes = writable_attributes(req.data, skip=_REGISTER_FIELDS)
         attributes["email"] = email
+        await self.ctx.abuse.admit(Action.SIGN_UP, req)
         reply = await self._api.call(
             op.REGISTER,
             "sign_up",
@@ -145,20 +152,31 @@ class CognitoProvider(Provider[CognitoSettings]):
         email = email_of(req.data)
         password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         device_id = device_id_arg(req, required=False)
-        tokens = await self._password_auth(op.LOGIN, email, password)
+        await self.ctx.abuse.admit(Action.PASSWORD_LOGIN, req)
+        tokens = await self.ctx.abuse.credential_check(
+            email,
+            lambda: self._password_auth(op.LOGIN, email, password),
+            failures=_WRONG_PASSWORD,
+        )
         return await self._start_session(tokens, device_id)
 
     async def change_password(self, req: Request) -> Session:
-        token, claims, _ = await self._authenticate(req)
+        token, claims, user = await self._authenticate(req)
         proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         previous = require_str(req.data, "previousPassword", max_len=MAX_PASSWORD_LEN)
         device_id = device_id_arg(req, required=False)
-        await self._api.call(
-            op.CHANGE_PASSWORD,
-            "change_password",
-            AccessToken=token,
-            PreviousPassword=previous,
-            ProposedPassword=proposed,
+        # A stolen session guessing the password counts against the same
+        # account as password logins (its email, as the user signs in with it).
+        await self.ctx.abuse.credential_check(
+            str(user.attributes.get("email") or claims.username),
+            lambda: self._api.call(
+                op.CHANGE_PASSWORD,
+                "change_password",
+                AccessToken=token,
+                PreviousPassword=previous,
+                ProposedPassword=proposed,
+            ),
+            failures=_WRONG_PASSWORD,
         )
         # A fresh session with the new password. The token's `username` claim
         # is Cognito's username (a UUID in email-as-username pools), which
@@ -296,13 +314,17 @@ class CognitoProvider(Provider[CognitoSettings]):
         email = email_of(req.data)
         code = require_str(req.data, "confirmationCode", max_len=MAX_CODE_LEN)
         password = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
-        await self._api.call(
-            op.CONFIRM_FORGOT_PASSWORD,
-            "confirm_forgot_password",
-            **self._client_params(email),
-            Username=email,
-            ConfirmationCode=code,
-            Password=password,
+        await self.ctx.abuse.credential_check(
+            email,
+            lambda: self._api.call(
+                op.CONFIRM_FORGOT_PASSWORD,
+                "confirm_forgot_password",
+                **self._client_params(email),
+                Username=email,
+                ConfirmationCode=code,
+                Password=password,
+            ),
+            failures=_WRONG_CODE,
         )
         return Reply(message="password has been reset", data={})
 

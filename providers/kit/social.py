@@ -21,6 +21,7 @@ from providers.kit.inputs import device_id_arg
 from providers.kit.tokens import refuse_if_revoked
 from providers.values import (
     JSON,
+    Action,
     InvalidArgument,
     ProfileView,
     Reply,
@@ -72,6 +73,7 @@ class SocialProvider(Provider[S]):
         user_id = self._user_id(req)
         # Checked before any upstream call: a bad deviceId costs nothing.
         device_id = device_id_arg(req, required=False)
+        await self.ctx.abuse.admit(Action.SOCIAL_CHECK, req)
         who = await self.identify(token, user_id=user_id)
         ensure_same_user(user_id, who.subject, provider=self.name)
         attrs: JSON = {k: v for k, v in who.attributes.items() if _text(v)}

@@ -7,7 +7,7 @@ cache-keying a SQLAlchemy statement per call cost more than running it."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from providers.values import Device, User
 from server.store.db import Database
 from server.store.schema import (
+    credential_failures,
     devices,
     issued_tokens,
     logins,
@@ -42,6 +43,7 @@ class ProjectRow:
     name: str
     secret: str
     providers: Mapping[str, Mapping[str, Any]]
+    limits: Mapping[str, Any] | None
     updated_at: int
 
 
@@ -55,27 +57,26 @@ async def upsert_project(
     project_id: str,
     name: str,
     providers_settings: Mapping[str, Any],
+    limits: Mapping[str, Any] | None,
     secret: str,
     now: int,
 ) -> None:
-    """Creates the project with `secret`, or updates name and providers while
-    keeping the secret it already has (rotating it would change every user's
-    externalId)."""
+    """Creates the project with `secret`, or updates name, providers and
+    limits while keeping the secret it already has (rotating it would change
+    every user's externalId)."""
 
     def run(conn: sa.Connection) -> None:
+        values = {
+            "name": name,
+            "providers": dict(providers_settings),
+            "limits": dict(limits) if limits is not None else None,
+            "updated_at": now,
+        }
         stmt = _insert(conn, projects).values(
-            project_id=project_id,
-            name=name,
-            secret=secret,
-            providers=dict(providers_settings),
-            created_at=now,
-            updated_at=now,
+            project_id=project_id, secret=secret, created_at=now, **values
         )
         conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=[projects.c.project_id],
-                set_={"name": name, "providers": dict(providers_settings), "updated_at": now},
-            )
+            stmt.on_conflict_do_update(index_elements=[projects.c.project_id], set_=values)
         )
 
     await database.write(run)
@@ -86,7 +87,9 @@ async def get_project(database: Database, project_id: str) -> ProjectRow | None:
         row = conn.execute(_GET_PROJECT, {"project_id": project_id}).first()
         if row is None:
             return None
-        return ProjectRow(row.project_id, row.name, row.secret, row.providers, row.updated_at)
+        return ProjectRow(
+            row.project_id, row.name, row.secret, row.providers, row.limits, row.updated_at
+        )
 
     return await database.read(run)
 
@@ -401,5 +404,92 @@ async def purge_expired_tokens(database: Database, now: int) -> int:
             result = conn.execute(table.delete().where(table.c.expires_at < now))
             removed += int(result.rowcount or 0)
         return removed
+
+    return await database.write(run)
+
+
+# ------------------------------------------------------ credential failures
+_FAILURES = sa.select(credential_failures.c.failures, credential_failures.c.locked_until).where(
+    credential_failures.c.project_id == P("project_id"),
+    credential_failures.c.account == P("account"),
+    credential_failures.c.updated_at >= P("fresh_after"),
+)
+
+
+async def credential_failures_of(
+    database: Database, project_id: str, account: str, *, fresh_after: int
+) -> tuple[int, int]:
+    """(consecutive failures, locked until) of one account; failures last
+    counted before `fresh_after` are forgotten."""
+    params = {"project_id": project_id, "account": account, "fresh_after": fresh_after}
+
+    def run(conn: sa.Connection) -> tuple[int, int]:
+        row = conn.execute(_FAILURES, params).first()
+        return (int(row.failures), int(row.locked_until)) if row else (0, 0)
+
+    return await database.read(run)
+
+
+async def count_credential_failure(
+    database: Database,
+    project_id: str,
+    account: str,
+    *,
+    now: int,
+    fresh_after: int,
+    lock_for: Callable[[int], int],
+) -> tuple[int, int]:
+    """One more failure, counted atomically however many processes fail at
+    once; the lock `lock_for(failures)` seconds long starts now. Returns
+    (failures, locked until)."""
+
+    def run(conn: sa.Connection) -> tuple[int, int]:
+        table = credential_failures
+        stale = table.c.updated_at < fresh_after
+        stmt = _insert(conn, table).values(
+            project_id=project_id, account=account, failures=1, locked_until=0, updated_at=now
+        )
+        failures = conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[table.c.project_id, table.c.account],
+                set_={
+                    "failures": sa.case((stale, 1), else_=table.c.failures + 1),
+                    "locked_until": sa.case((stale, 0), else_=table.c.locked_until),
+                    "updated_at": now,
+                },
+            ).returning(table.c.failures)
+        ).scalar_one()
+        seconds = lock_for(int(failures))
+        locked_until = now + seconds if seconds else 0
+        if seconds:
+            conn.execute(
+                table.update()
+                .where(table.c.project_id == project_id, table.c.account == account)
+                .values(locked_until=locked_until)
+            )
+        return int(failures), locked_until
+
+    return await database.write(run)
+
+
+async def forget_credential_failures(database: Database, project_id: str, account: str) -> None:
+    def run(conn: sa.Connection) -> None:
+        conn.execute(
+            credential_failures.delete().where(
+                credential_failures.c.project_id == project_id,
+                credential_failures.c.account == account,
+            )
+        )
+
+    await database.write(run)
+
+
+async def purge_stale_credential_failures(database: Database, *, before: int) -> int:
+    def run(conn: sa.Connection) -> int:
+        table = credential_failures
+        result = conn.execute(
+            table.delete().where(table.c.updated_at < before, table.c.locked_until < before)
+        )
+        return int(result.rowcount or 0)
 
     return await database.write(run)

@@ -26,6 +26,8 @@ projects = sa.Table(
     sa.Column("secret", sa.String(128), nullable=False),
     # Provider settings as configured; `${ENV}` references stay unresolved here.
     sa.Column("providers", sa.JSON, nullable=False),
+    # The project's abuse limits as configured (None: the defaults).
+    sa.Column("limits", sa.JSON),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
@@ -107,4 +109,17 @@ signing_keys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     # Retired keys stay published until tokens they signed have expired.
     sa.Column("retired_at", sa.BigInteger),
+)
+
+credential_failures = sa.Table(
+    "credential_failures",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    # SHA-256 of provider:account (an email, say): no address kept in clear.
+    sa.Column("account", sa.String(64), nullable=False),
+    # Consecutive failures since the last success (or since they went stale).
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_until", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "account"),
 )
