@@ -14,6 +14,10 @@ PROFILE_RATIO = 0.80
 P99_MS = 25.0
 P99_CONNECTIONS = 64
 RSS_MB = 120.0
+# Rate limits must cost a profile read nothing: its req/s with them on, over
+# the same figure with them off, must not drop below this (noise allows ~5 %).
+LIMITS_ON_DB = "sqlite+limits"
+LIMITS_COST_RATIO = 0.90
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -88,6 +92,27 @@ class Report:
                 big,
                 lambda p: f"{p['name']} {p['peak_rss_mb']:.0f} MB",
                 lambda p: p["peak_rss_mb"],
+            )
+        )
+
+        off = {
+            r["connections"]: r
+            for r in service
+            if r["db"] == "sqlite" and r["workers"] == 1 and r["scenario"] == "profile_read"
+        }
+        limited = [
+            {**r, "vs_off": round(r["rps"] / off[r["connections"]]["rps"], 3)}
+            for r in service
+            if r["db"] == LIMITS_ON_DB and off.get(r["connections"])
+        ]
+        out.append(
+            _target(
+                f"(issue 10) a profile read pays nothing for rate limits: req/s with them on"
+                f" >= {LIMITS_COST_RATIO:.0%} of off",
+                limited,
+                [r for r in limited if r["vs_off"] < LIMITS_COST_RATIO],
+                lambda r: f"{r['vs_off']:.2f}x",
+                lambda r: -r["vs_off"],
             )
         )
 

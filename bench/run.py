@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from bench import load, procstat, profile, scenarios, stacks
+from bench import load, procstat, profile, report, scenarios, stacks
 from bench.report import Report
 from server.supervisor import default_workers
 from tests.fakes.oidc_issuer import FakeIssuer
@@ -38,6 +38,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PROFILED = ("anonymous_login", "profile_read")
 PROBE_TIMEOUT_S = 12.0
+# The db label of the figure measured with the rate limits on.
+LIMITS_ON_DB = report.LIMITS_ON_DB
 
 
 def _cpu_model() -> str:
@@ -180,6 +182,8 @@ class Bench:
                     self.measure(running, "none", workers, world.ceiling())
                     self.record_stack(running, "none", workers)
                 self.service(world, "sqlite", workers, None, issuer)
+                if workers == 1 and "profile_read" in self.args.scenarios:
+                    self.profile_read_with_limits(world, issuer)
                 if pg_server:
                     self.service(world, "postgresql", workers, pg_server, issuer)
         finally:
@@ -214,6 +218,29 @@ class Bench:
             if "anonymous_login" in by_name:
                 self.disconnect_probe(running, db, workers, by_name["anonymous_login"])
             self.record_stack(running, db, workers)
+
+    def profile_read_with_limits(self, world: scenarios.World, issuer: FakeIssuer) -> None:
+        """The same profile read with the rate limits on (every other figure
+        runs with them off, so writes are not throttled): the limits guard only
+        the routes that create accounts or check credentials, so this one must
+        not pay for them."""
+        tmp = self.workdir / "sqlite-limits"
+        config = scenarios.config(issuer)
+        # On, but high enough for the scenario's own set-up (it makes users).
+        for project in config["projects"]:
+            project["limits"] = {"anonymousSignUp": {"perIp": "1000000/hour"}}
+        with (
+            _database(tmp, None) as db_url,
+            stacks.service(
+                tmp,
+                config,
+                db_url=db_url,
+                workers=1,
+                env={"IDENTIFY_RATE_LIMITS": "on"},
+            ) as (running, _stack),
+        ):
+            [read] = [s for s in world.scenarios(running.base_url) if s.name == "profile_read"]
+            self.measure(running, LIMITS_ON_DB, 1, read)
 
     def disconnect_probe(
         self, running: stacks.Running, db: str, workers: int, scenario: scenarios.Scenario

@@ -68,9 +68,16 @@ def _watch_children(parent: int) -> list[procstat.Watched]:
 
 @contextlib.contextmanager
 def service(
-    tmp: pathlib.Path, config: Mapping[str, Any], *, db_url: str, workers: int
+    tmp: pathlib.Path,
+    config: Mapping[str, Any],
+    *,
+    db_url: str,
+    workers: int,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Running, Stack]]:
-    stack = start_stack(tmp, config, db_url=db_url, workers=workers, env=SERVICE_ENV)
+    stack = start_stack(
+        tmp, config, db_url=db_url, workers=workers, env={**SERVICE_ENV, **(env or {})}
+    )
     try:
         processes = _watch_children(stack.proc.pid)
         found = sum(p.name.startswith("server") for p in processes)
