@@ -23,6 +23,7 @@ from providers.kit.inputs import (
     device_id_arg,
     optional_str,
     require_device_id,
+    require_external_id,
     require_str,
 )
 from providers.kit.settings import SettingsError, SettingsReader
@@ -80,6 +81,7 @@ __all__ = [
     "optional_str",
     "require_bearer",
     "require_device_id",
+    "require_external_id",
     "require_str",
 ]
 

@@ -4,14 +4,11 @@ replacing the user's appProfile. Replies are flat, as documented."""
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from providers.base import Provider
-from providers.kit.inputs import app_profile_arg
+from providers.kit.inputs import app_profile_arg, require_external_id
 from providers.values import InvalidArgument, NotFound, Reply, Request, User
-
-_EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class NoLoginProvider(Provider[None]):
@@ -19,17 +16,7 @@ class NoLoginProvider(Provider[None]):
     strategies = ("simplified",)
 
     async def _user(self, req: Request) -> User:
-        external_id = req.external_id or req.data.get("externalId")
-        if not external_id:
-            raise InvalidArgument(
-                "MISSING_EXTERNAL_ID", "externalId is required", metadata={"field": "externalId"}
-            )
-        if not isinstance(external_id, str) or not _EXTERNAL_ID.match(external_id):
-            raise InvalidArgument(
-                "INVALID_EXTERNAL_ID",
-                "externalId must be 64 lowercase hex characters",
-                metadata={"field": "externalId"},
-            )
+        external_id = require_external_id(req)
         user = await self.ctx.accounts.find_by_external_id(external_id)
         if user is None:
             raise NotFound("USER_NOT_FOUND", "no user with this externalId in this project")

@@ -18,7 +18,7 @@ from identify.v1 import identify_pb2 as pb
 from identify.v1 import identify_pb2_grpc
 
 from providers.base import Provider
-from providers.kit.inputs import canonical_uuid
+from providers.kit.inputs import bounded_id, canonical_uuid, id_arg
 from providers.kit.tokens import bounded_token
 from providers.registry import Registry
 from providers.values import (
@@ -40,7 +40,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 Q = TypeVar("Q")
 
-MAX_ID_LEN = 512
 Ctx = grpc.aio.ServicerContext[Any, Any]
 # The Request fields an RPC reads from its own message.
 Fields = dict[str, Any]
@@ -69,16 +68,8 @@ def project_id_arg(value: str) -> str:
     return canonical_uuid(value, field_name="projectId", reason="INVALID_PROJECT_ID")
 
 
-def _bounded(value: str, field: str) -> str | None:
-    if not value:
-        return None
-    if len(value) > MAX_ID_LEN:
-        raise InvalidArgument("FIELD_TOO_LONG", f"{field} is too long", metadata={"field": field})
-    return value
-
-
 def _bearer(context: Ctx) -> str | None:
-    """The Authorization header's bearer token, bounded like every token."""
+    """The Authorization header's bearer token, held to the rule of every token."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value if isinstance(value, str) else value.decode()
@@ -98,8 +89,8 @@ def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
 def _body(request: pb.UserRequest) -> Fields:
     return {
         "data": _struct_to_dict(request.data),
-        "external_id": _bounded(request.external_id, "externalId"),
-        "device_id": _bounded(request.device_id, "deviceId"),
+        "external_id": bounded_id(request.external_id, "externalId"),
+        "device_id": bounded_id(request.device_id, "deviceId"),
     }
 
 
@@ -158,7 +149,7 @@ CREATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 GET_USER: Route[pb.GetUserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.get_user(req),
-    lambda m: {"external_id": _bounded(m.external_id, "externalId")},
+    lambda m: {"external_id": bounded_id(m.external_id, "externalId")},
     _user_reply,
 )
 UPDATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
@@ -169,15 +160,15 @@ LOGIN: Route[pb.UserRequest, Session, pb.SessionReply] = Route(
 )
 CHECK_USER: Route[pb.CheckUserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.check_user(req),
-    lambda m: {"device_id": _bounded(m.device_id, "deviceId")},
+    lambda m: {"device_id": bounded_id(m.device_id, "deviceId")},
     _user_reply,
 )
 CHECK_USER_NONSTANDARD: Route[pb.CheckUserNonstandardRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.check_user_nonstandard(req),
     lambda m: {
-        "user_id": _bounded(m.user_id, "userId"),
+        "user_id": id_arg(m.user_id, "userId"),
         "access_token": bounded_token(m.access_token, "accessToken"),
-        "device_id": _bounded(m.device_id, "deviceId"),
+        "device_id": bounded_id(m.device_id, "deviceId"),
     },
     _user_reply,
 )
@@ -194,7 +185,7 @@ REFRESH_SESSION: Route[pb.RefreshSessionRequest, Session, pb.SessionReply] = Rou
     lambda p, req: p.refresh_session(req),
     lambda m: {
         "data": _struct_to_dict(m.data),
-        "device_id": _bounded(m.device_id, "deviceId"),
+        "device_id": bounded_id(m.device_id, "deviceId"),
         "refresh_token": bounded_token(m.refresh_token, "refreshToken"),
     },
     _session_reply("OK"),
@@ -264,7 +255,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                     raise InvalidArgument(
                         "MISSING_FIELD", f"{name} is required", metadata={"field": name}
                     )
-                _bounded(value, name)
+                id_arg(value, name)
             loaded = await self._project(project_id)
             valid = tokens.signature_matches(
                 loaded.secret,

@@ -3,7 +3,6 @@ envelope and shapes of the contract, the error table, JWKS and signatures."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -14,11 +13,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from server.store.db import DatabaseUrl
-from tests.harness import Stack, error_reason, refused, start_stack
+from tests.harness import Stack, count_rows, error_reason, refused, start_stack
 
 PROJECT = str(uuid.uuid4())
 ONLY_ANON = str(uuid.uuid4())
@@ -44,20 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Sta
 def http(stack: Stack) -> Iterator[httpx.Client]:
     with stack.client() as client:
         yield client
-
-
-def count_rows(db_url: str, table: str) -> int:
-    async def run() -> int:
-        engine = create_async_engine(DatabaseUrl.parse(db_url).driver_url)
-        try:
-            async with engine.connect() as conn:
-                return int(
-                    (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
-                )
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def anon_body(device_id: str, project: str = PROJECT, **extra: Any) -> dict[str, Any]:

@@ -33,10 +33,10 @@ from providers.cognito.profile import (
     writable_attributes,
 )
 from providers.cognito.settings import CognitoSettings
-from providers.kit.inputs import device_id_arg, optional_str, require_device_id, require_str
+from providers.kit.inputs import device_id_arg, require_device_id, require_str
 from providers.kit.jwt import Claims, JwtVerifier, require_claim
 from providers.kit.settings import SettingsReader
-from providers.kit.tokens import MAX_TOKEN_CHARS, refuse_if_revoked, require_bearer, token_revoked
+from providers.kit.tokens import data_token, refuse_if_revoked, require_bearer, token_revoked
 from providers.values import (
     FailedPrecondition,
     InvalidArgument,
@@ -167,9 +167,7 @@ class CognitoProvider(Provider[CognitoSettings]):
         return await self._start_session(tokens, device_id)
 
     async def refresh_session(self, req: Request) -> Session:
-        refresh = req.refresh_token or optional_str(
-            req.data, "refreshToken", max_len=MAX_TOKEN_CHARS
-        )
+        refresh = req.refresh_token or data_token(req.data, "refreshToken")
         if not refresh:
             raise InvalidArgument(
                 "MISSING_FIELD", "refreshToken is required", metadata={"field": "refreshToken"}
@@ -217,7 +215,7 @@ class CognitoProvider(Provider[CognitoSettings]):
 
     async def logout(self, req: Request) -> Reply:
         token, claims, user = await self._authenticate(req)
-        refresh = optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_CHARS)
+        refresh = data_token(req.data, "refreshToken")
         try:
             await self._api.call(op.LOGOUT, "global_sign_out", AccessToken=token)
         except Unauthenticated:
