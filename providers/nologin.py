@@ -25,9 +25,8 @@ class NoLoginProvider(Provider[None]):
     async def create_user(self, req: Request) -> Reply:
         app_profile = app_profile_arg(req.data)
         # The subject is random: a noLogin user has no identity elsewhere.
-        user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()))
-        if app_profile is not None:
-            user = await self.ctx.accounts.update_user(user, app_profile=app_profile)
+        # The profile goes in with the row: one write, never a user without it.
+        user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()), app_profile=app_profile)
         return Reply(
             message="ok", flat=True, external_id=user.external_id, app_profile=user.app_profile
         )

@@ -1,5 +1,5 @@
 """Whatever a client sends, through the real edge: a 4xx with a reason, never
-a 5xx, never a traceback in the log.
+a 5xx, never a traceback in the log, and nothing written by a refused call.
 
 - bodies protobuf cannot decode (nested too deeply, not UTF-8);
 - unknown fields: ignored in a body, refused in a query string;
@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakes.facebook_graph import FakeGraph
+from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.x_api import FakeXApi, XUser
 from tests.harness import Stack, count_rows, refused, start_stack
@@ -367,6 +367,41 @@ def test_app_profile_keeps_everything_but_nul(world: World, spoil: str) -> None:
         external_id = reply.json()["externalId"]
         got = world.http.get("/v1/user", params=world.query("noLogin", externalId=external_id))
         assert got.json()["appProfile"] == profile
+
+
+# ------------------------------------------------ refused calls write nothing
+def test_refused_app_profile_on_create_writes_no_user(world: World) -> None:
+    before = count_rows(world.stack.db_url, "users")
+    for profile, reason in (
+        ({"blob": "x" * (17 * 1024)}, "APP_PROFILE_TOO_LARGE"),
+        (["not", "an", "object"], "APP_PROFILE_NOT_OBJECT"),
+        ({"a": "\x00"}, "INVALID_CHARACTERS"),
+    ):
+        reply = world.http.post("/v1/user", json=world.body("noLogin", {"appProfile": profile}))
+        refused(reply, 400, reason)
+    assert count_rows(world.stack.db_url, "users") == before
+
+
+def test_social_check_with_a_bad_device_writes_nothing_and_asks_no_one(world: World) -> None:
+    user = GraphUser("10203040506070809", "Grace", "grace@example.com")
+    token = world.graph.issue(APP, user)
+    world.sent.append(token)
+    before = count_rows(world.stack.db_url, "users")
+    calls = len(world.graph.requests)
+    reply = world.http.get(
+        "/v1/user/check/nonstandard",
+        params=world.query("facebook", accessToken=token, deviceId="not-a-uuid"),
+    )
+    refused(reply, 400, "INVALID_DEVICE_ID")
+    assert count_rows(world.stack.db_url, "users") == before
+    assert len(world.graph.requests) == calls
+    # The same call with a good device does create the user.
+    good = world.http.get(
+        "/v1/user/check/nonstandard",
+        params=world.query("facebook", accessToken=token, deviceId=str(uuid.uuid4())),
+    )
+    assert good.status_code == 200, good.text
+    assert count_rows(world.stack.db_url, "users") == before + 1
 
 
 # ------------------------------------------------- values the store refuses

@@ -149,10 +149,11 @@ class CognitoProvider(Provider[CognitoSettings]):
         return await self._start_session(tokens, device_id)
 
     async def change_password(self, req: Request) -> Session:
-        token, claims, _ = await self._authenticate(req)
+        # The request first: authenticating may write (a user first seen).
         proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         previous = require_str(req.data, "previousPassword", max_len=MAX_PASSWORD_LEN)
         device_id = device_id_arg(req, required=False)
+        token, claims, _ = await self._authenticate(req)
         await self._api.call(
             op.CHANGE_PASSWORD,
             "change_password",
@@ -214,8 +215,8 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def logout(self, req: Request) -> Reply:
-        token, claims, user = await self._authenticate(req)
         refresh = data_token(req.data, "refreshToken")
+        token, claims, user = await self._authenticate(req)
         try:
             await self._api.call(op.LOGOUT, "global_sign_out", AccessToken=token)
         except Unauthenticated:
@@ -252,7 +253,6 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def update_user(self, req: Request) -> Reply:
-        token, claims, user = await self._authenticate(req)
         attributes = writable_attributes(req.data, skip=_UPDATE_FIELDS)
         if not attributes:
             raise InvalidArgument(
@@ -260,6 +260,7 @@ class CognitoProvider(Provider[CognitoSettings]):
             )
         if "email" in attributes:
             email_of(attributes)
+        token, claims, user = await self._authenticate(req)
         await self._api.call(
             op.UPDATE_USER,
             "update_user_attributes",
@@ -341,7 +342,8 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def _authenticate(self, req: Request) -> tuple[str, AccessClaims, User]:
-        """The bearer token, its claims and its user, or Unauthenticated."""
+        """The bearer token, its claims and its user, or Unauthenticated.
+        Creates the user when first seen: check the request before."""
         token = require_bearer(req)
         claims = await self._verify(token)
         user = await self.ctx.accounts.find_user(claims.sub)

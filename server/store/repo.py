@@ -193,6 +193,7 @@ async def ensure_user(
     attributes: Mapping[str, Any],
     username: str | None,
     now: int,
+    app_profile: Mapping[str, Any] | None = None,
 ) -> tuple[User, bool]:
     """Insert-or-nothing keyed on (project, provider, subject), then read back:
     racing first logins all end on the one row that won."""
@@ -209,7 +210,7 @@ async def ensure_user(
                 external_id=external_id,
                 username=username,
                 attributes=dict(attributes),
-                app_profile=None,
+                app_profile=dict(app_profile) if app_profile is not None else None,
                 created_at=now,
                 updated_at=now,
                 valid_after=0,
