@@ -35,6 +35,8 @@ from server.clock import now
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import request_id_var
+from server.store import repo
+from server.store.db import Database
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -195,11 +197,18 @@ LOGOUT: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 
 
+def _not_valid(reason: str) -> pb.VerifySignatureReply:
+    return pb.VerifySignatureReply(valid=False, reason=reason)
+
+
 class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
-    def __init__(self, registry: Registry, projects: ProjectCache, keys: KeyStore) -> None:
+    def __init__(
+        self, registry: Registry, projects: ProjectCache, keys: KeyStore, database: Database
+    ) -> None:
         self._registry = registry
         self._projects = projects
         self._keys = keys
+        self._database = database
         # Strong references: the loop keeps only weak ones to running tasks.
         self._inflight: set[asyncio.Future[Any]] = set()
 
@@ -256,15 +265,33 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                         "MISSING_FIELD", f"{name} is required", metadata={"field": name}
                     )
                 id_arg(value, name)
+            max_age = request.max_age_seconds if request.HasField("max_age_seconds") else None
+            if max_age is not None and max_age < 0:
+                raise InvalidArgument(
+                    "INVALID_VALUE",
+                    "maxAgeSeconds must be 0 or more",
+                    metadata={"field": "maxAgeSeconds"},
+                )
             loaded = await self._project(project_id)
-            valid = tokens.signature_matches(
+            # The checks that need no read first; a valid session costs one.
+            if not tokens.signature_matches(
                 loaded.secret,
                 request.user_id,
                 request.device_id,
                 request.time_stamp,
                 request.signature,
-            )
-            return pb.VerifySignatureReply(valid=valid)
+            ):
+                return _not_valid("SIGNATURE_MISMATCH")
+            if max_age is not None and now() - request.time_stamp > max_age:
+                return _not_valid("SESSION_TOO_OLD")
+            valid_after = await repo.user_valid_after(self._database, project_id, request.user_id)
+            if valid_after is None:
+                return _not_valid("UNKNOWN_USER")
+            # The rule tokens follow (kit/tokens.py refuse_if_revoked): a
+            # session that began before the logout's second has ended.
+            if request.time_stamp < valid_after:
+                return _not_valid("SESSION_ENDED")
+            return pb.VerifySignatureReply(valid=True)
 
         return await self._run(context, work)
 

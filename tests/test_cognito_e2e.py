@@ -778,6 +778,22 @@ def test_logout_refuses_the_presented_token_at_once(http: httpx.Client) -> None:
     refused(profile(http, PUBLIC, session["accessToken"], "/v1"), 401, "TOKEN_REVOKED")
 
 
+def test_logout_ends_the_session_signature(http: httpx.Client) -> None:
+    email, session = signed_up(http)
+    call = {k: session[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    call["projectId"] = PUBLIC
+    assert http.post("/v1/signature:verify", json=call).json() == {"valid": True, "reason": ""}
+    # A logout in the session's own second cannot tell which came first.
+    time.sleep(max(0.0, session["timeStamp"] + 1 - time.time()))
+    ok(http.post("/user/logout", json=body(PUBLIC), headers=bearer(session["accessToken"])))
+    ended = http.post("/v1/signature:verify", json=call).json()
+    assert ended == {"valid": False, "reason": "SESSION_ENDED"}
+    again = login(http, PUBLIC, email)
+    fresh = {k: again[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    fresh["projectId"] = PUBLIC
+    assert http.post("/v1/signature:verify", json=fresh).json() == {"valid": True, "reason": ""}
+
+
 def signed_up_elsewhere(cognito: Cognito) -> str:
     """The access token of a user who signed up in the pool directly (hosted
     UI, console): unknown to our store until a call authenticates them."""

@@ -171,6 +171,23 @@ _USER_BY_ID = sa.select(users).where(
 )
 
 
+_VALID_AFTER = sa.select(users.c.valid_after).where(
+    users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
+)
+
+
+async def user_valid_after(database: Database, project_id: str, user_id: str) -> int | None:
+    """When the user's sessions were last ended (0: never), or None when the
+    project has no such user. One primary-key read, whatever the provider."""
+    params = {"project_id": project_id, "user_id": user_id}
+
+    def run(conn: sa.Connection) -> int | None:
+        found = conn.execute(_VALID_AFTER, params).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    return await database.read(run)
+
+
 async def find_user(
     database: Database, project_id: str, column: str, value: str, provider: str
 ) -> User | None:
