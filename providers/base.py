@@ -23,6 +23,7 @@ from providers.kit.inputs import (
     device_id_arg,
     optional_str,
     require_device_id,
+    require_external_id,
     require_str,
 )
 from providers.kit.settings import SettingsError, SettingsReader
@@ -83,6 +84,7 @@ __all__ = [
     "optional_str",
     "require_bearer",
     "require_device_id",
+    "require_external_id",
     "require_str",
 ]
 
@@ -97,9 +99,16 @@ class Accounts(Protocol):
     def external_id(self, subject: str) -> str: ...
 
     async def ensure_user(
-        self, subject: str, *, attributes: JSON | None = None, username: str | None = None
+        self,
+        subject: str,
+        *,
+        attributes: JSON | None = None,
+        username: str | None = None,
+        app_profile: JSON | None = None,
     ) -> tuple[User, bool]:
         """Find or create the user for `subject`; True when it was created.
+        A new user is written in one statement with the given `attributes`,
+        `username` and `app_profile`; an existing one is returned unchanged.
         Safe under concurrency: racing callers get the same user."""
         ...
 

@@ -31,7 +31,7 @@ from providers.values import JSON, ProviderError, Unauthenticated
 log = logging.getLogger(__name__)
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
-_APP_ID = re.compile(r"^\d+$")
+_APP_ID = re.compile(r"[0-9]+")
 
 # Graph error codes (developers.facebook.com/docs/graph-api/guides/error-handling).
 _TOKEN_ERROR = 190

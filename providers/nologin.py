@@ -4,14 +4,11 @@ replacing the user's appProfile. Replies are flat, as documented."""
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from providers.base import Provider
-from providers.kit.inputs import app_profile_arg
+from providers.kit.inputs import app_profile_arg, require_external_id
 from providers.values import Action, InvalidArgument, NotFound, Reply, Request, User
-
-_EXTERNAL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
 class NoLoginProvider(Provider[None]):
@@ -19,17 +16,7 @@ class NoLoginProvider(Provider[None]):
     strategies = ("simplified",)
 
     async def _user(self, req: Request) -> User:
-        external_id = req.external_id or req.data.get("externalId")
-        if not external_id:
-            raise InvalidArgument(
-                "MISSING_EXTERNAL_ID", "externalId is required", metadata={"field": "externalId"}
-            )
-        if not isinstance(external_id, str) or not _EXTERNAL_ID.match(external_id):
-            raise InvalidArgument(
-                "INVALID_EXTERNAL_ID",
-                "externalId must be 64 lowercase hex characters",
-                metadata={"field": "externalId"},
-            )
+        external_id = require_external_id(req)
         user = await self.ctx.accounts.find_by_external_id(external_id)
         if user is None:
             raise NotFound("USER_NOT_FOUND", "no user with this externalId in this project")
@@ -39,9 +26,8 @@ class NoLoginProvider(Provider[None]):
         app_profile = app_profile_arg(req.data)
         await self.ctx.abuse.admit(Action.ANONYMOUS_SIGN_UP, req)
         # The subject is random: a noLogin user has no identity elsewhere.
-        user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()))
-        if app_profile is not None:
-            user = await self.ctx.accounts.update_user(user, app_profile=app_profile)
+        # The profile goes in with the row: one write, never a user without it.
+        user, _ = await self.ctx.accounts.ensure_user(str(uuid.uuid4()), app_profile=app_profile)
         return Reply(
             message="ok", flat=True, external_id=user.external_id, app_profile=user.app_profile
         )

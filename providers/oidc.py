@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from providers.base import Provider, ProviderContext
 from providers.kit.http import guarded, json_object, rate_limited, retry_after, upstream_error
-from providers.kit.inputs import app_profile_arg, optional_str, require_device_id
+from providers.kit.inputs import app_profile_arg, optional_str, require_device_id, storable
 from providers.kit.jwt import Claims, JwtVerifier, VerifierConfig
 from providers.kit.settings import SettingsError, SettingsReader, string_list
 from providers.kit.tokens import refuse_if_revoked, require_bearer
@@ -36,7 +36,7 @@ from providers.values import JSON, InvalidArgument, ProfileView, Reply, Request,
 log = logging.getLogger(__name__)
 
 USERNAME_MAX_CHARS = 128
-_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_:.-]{0,63}$")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_:.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class OidcProvider(Provider[OidcSettings]):
     def _claims_setting(cls, given: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
         merged: dict[str, tuple[str, ...]] = dict(cls.default_claims)
         for attr, source in given.items():
-            if not isinstance(attr, str) or not _ATTRIBUTE_NAME.match(attr):
+            if not isinstance(attr, str) or not _ATTRIBUTE_NAME.fullmatch(attr):
                 raise SettingsError(f"claims: {attr!r} is not a valid attribute name")
             if source is None:  # switches a default mapping off
                 merged.pop(attr, None)
@@ -198,4 +198,4 @@ class OidcProvider(Provider[OidcSettings]):
 
 
 def _text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
+    return storable(value) and bool(value.strip())

@@ -35,7 +35,12 @@ class ScopedAccounts:
         return tokens.external_id(self._secret, self._provider, subject)
 
     async def ensure_user(
-        self, subject: str, *, attributes: JSON | None = None, username: str | None = None
+        self,
+        subject: str,
+        *,
+        attributes: JSON | None = None,
+        username: str | None = None,
+        app_profile: JSON | None = None,
     ) -> tuple[User, bool]:
         existing = await self.find_user(subject)
         if existing is not None:
@@ -48,6 +53,7 @@ class ScopedAccounts:
             external_id=self.external_id(subject),
             attributes=attributes or {},
             username=username,
+            app_profile=app_profile,
             now=now(),
         )
 

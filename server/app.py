@@ -134,7 +134,7 @@ class Service:
             ],
         )
         identify_pb2_grpc.add_IdentifyServicer_to_server(
-            IdentifyServicer(self.registry, self.projects, self.keys), server
+            IdentifyServicer(self.registry, self.projects, self.keys, self.database), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -30,7 +30,8 @@ LOCAL_REPLIES: dict[int, tuple[int, str, str]] = {
     400: (
         code_pb2.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
-        "the request is malformed: invalid JSON, an unknown field or an unknown query parameter",
+        "the request is malformed: invalid JSON, a value of the wrong type or an unknown query"
+        " parameter",
     ),
     404: (code_pb2.NOT_FOUND, "UNKNOWN_PATH", "no such path or method"),
     405: (code_pb2.NOT_FOUND, "UNKNOWN_PATH", "no such path or method"),

@@ -6,7 +6,10 @@ reason in domain "identify" (plus RetryInfo when a retry makes sense).
 - a provider that cannot be set up from its stored settings is the
   operator's to fix: FAILED_PRECONDITION PROVIDER_MISCONFIGURED, the same
   code and reason a provider uses when its upstream refuses our settings;
-- the store unreachable is UNAVAILABLE STORE_UNAVAILABLE with RetryInfo;
+- the store unreachable or overloaded is UNAVAILABLE STORE_UNAVAILABLE with
+  RetryInfo; a value the store refuses (a data exception: a NUL, a string
+  too long for its column) is the request's, INVALID_ARGUMENT INVALID_VALUE;
+  any other store error (a constraint violated, bad SQL) is a bug;
 - anything else is INTERNAL with only a request id; its stack goes to the log.
 
 Envoy's own replies (server/edge.py) use the same shape and codes.
@@ -22,7 +25,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from providers.values import ProviderError
@@ -31,8 +34,43 @@ from server.projects import ProviderSetupError
 DOMAIN = "identify"
 log = logging.getLogger(__name__)
 
-# What the store raises when it cannot be reached or is overloaded.
-STORE_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError)
+# SQLSTATE classes (the SQL standard's; PostgreSQL reports them, SQLite does
+# not) of failures that are the store's and pass: connection (08), rollbacks
+# a retry gets past such as deadlocks (40), resources (53), operator
+# intervention such as a restart (57), system (58).
+_OUTAGE_STATES = frozenset({"08", "40", "53", "57", "58"})
+# Data exceptions: the statement was fine, a value in it was not.
+_DATA_STATE = "22"
+# SQLite's primary result code for an error in the SQL itself (no such
+# table or column); its other OperationalErrors (busy, locked, cannot open,
+# I/O, full, read-only) are the store's.
+_SQLITE_SQL_ERROR = 1
+
+
+def store_failure(exc: BaseException) -> str | None:
+    """What a store error means: "unavailable", "invalid_value" or "bug";
+    None when `exc` is not the store's."""
+    # Pool exhausted, connection refused, asyncpg's command timeout.
+    if isinstance(exc, PoolTimeout | OSError):
+        return "unavailable"
+    if not isinstance(exc, DBAPIError):
+        return None
+    if exc.connection_invalidated:
+        return "unavailable"
+    state = getattr(exc.orig, "sqlstate", None)
+    state_class = state[:2] if isinstance(state, str) else None
+    # asyncpg's data exceptions reach SQLAlchemy as its generic DBAPIError.
+    if isinstance(exc, DataError) or state_class == _DATA_STATE:
+        return "invalid_value"
+    if state_class in _OUTAGE_STATES:
+        return "unavailable"
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int) and sqlite_code & 0xFF == _SQLITE_SQL_ERROR:
+        return "bug"
+    # SQLite's locked or unreadable database; a connection lost mid-call.
+    if state_class is None and isinstance(exc, OperationalError | InterfaceError):
+        return "unavailable"
+    return "bug"
 
 
 def to_status(exc: BaseException, request_id: str) -> grpc.Status:
@@ -57,14 +95,30 @@ def to_status(exc: BaseException, request_id: str) -> grpc.Status:
             metadata={"provider": exc.provider},
             request_id=request_id,
         )
-    if isinstance(exc, STORE_ERRORS):
+    failure = store_failure(exc)
+    if failure == "unavailable":
         # The engines hide SQL parameters, so the text carries no user data.
-        log.warning("store unavailable request_id=%s", request_id, exc_info=True)
+        log.warning("store unavailable request_id=%s", request_id, exc_info=exc)
         return _status(
             grpc.StatusCode.UNAVAILABLE,
             "STORE_UNAVAILABLE",
             "storage is unavailable, retry shortly",
             retry_after=1.0,
+            request_id=request_id,
+        )
+    if failure == "invalid_value":
+        # A value got past the checks of providers/kit/inputs.py: worth a
+        # line, without the message (PostgreSQL quotes the value in some).
+        orig = getattr(exc, "orig", None)
+        log.warning(
+            "store refused a value request_id=%s sqlstate=%s",
+            request_id,
+            getattr(orig, "sqlstate", None) or type(orig).__name__,
+        )
+        return _status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_VALUE",
+            "a value in the request cannot be stored",
             request_id=request_id,
         )
     # Logged with its stack here; the client gets only a request id, never

@@ -1,21 +1,27 @@
-"""Server interceptors: a request id for every call and an access-log line
-for each refused or failed call (every call at debug level). A line names
-method, status, duration and request id only: never metadata or payloads,
-which carry tokens and passwords."""
+"""Server interceptors: a request id for every call, an access-log line for
+each refused or failed call (every call at debug level), and a clean refusal
+of request bytes that are no valid message. A line names method, status,
+duration and request id only: never metadata or payloads, which carry tokens
+and passwords."""
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from providers.values import InvalidArgument
+from server import errors
 from server.requestctx import request_id_var
 
 log = logging.getLogger("identify.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _request_id(details: grpc.HandlerCallDetails) -> str:
@@ -23,9 +29,43 @@ def _request_id(details: grpc.HandlerCallDetails) -> str:
         if key == "x-request-id":
             text = value if isinstance(value, str) else value.decode(errors="replace")
             # Envoy sends a UUID; anything else is not trusted into our logs.
-            if 0 < len(text) <= 64 and all(c.isalnum() or c in "-_" for c in text):
+            if 0 < len(text) <= 64 and _REQUEST_ID.fullmatch(text):
                 return text
     return str(uuid.uuid4())
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode. gRPC answers a
+    deserializer that raises with UNKNOWN, the exception's text and a
+    traceback in the log; the handler refuses this instead."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        # What the transcoder lets through but protobuf refuses: JSON nested
+        # deeper than the decoder's limit, strings that are not UTF-8 (from
+        # percent-encoded query parameters); from native clients, any bytes.
+        except (DecodeError, RecursionError):
+            return UNDECODABLE
+
+    return decode
+
+
+def _malformed() -> InvalidArgument:
+    return InvalidArgument(
+        "MALFORMED_REQUEST",
+        "the request is malformed: nested too deeply, or a string that is not UTF-8",
+    )
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
@@ -40,8 +80,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
-        if method.startswith("/grpc.health.v1.Health/"):
-            return handler
+        # Envoy checks health every second: not worth a line, even at debug.
+        quiet = method.startswith("/grpc.health.v1.Health/")
         inner = handler.unary_unary
         request_id = _request_id(handler_call_details)
 
@@ -51,6 +91,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             try:
                 context.set_trailing_metadata((("x-request-id", request_id),))
+                if request is UNDECODABLE:
+                    await context.abort_with_status(errors.to_status(_malformed(), request_id))
                 return await inner(request, context)  # type: ignore[arg-type]
             except BaseException:
                 code = context.code().name if context.code() else "UNKNOWN"
@@ -62,7 +104,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 # Envoy's access log already has every request; here the
                 # refusals are worth a line, successes only when debugging.
                 level = logging.DEBUG if code == "OK" else logging.INFO
-                if log.isEnabledFor(level):
+                if not quiet and log.isEnabledFor(level):
                     log.log(
                         level,
                         "rpc method=%s code=%s ms=%.1f request_id=%s",
@@ -75,6 +117,6 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

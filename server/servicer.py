@@ -18,7 +18,7 @@ from identify.v1 import identify_pb2 as pb
 from identify.v1 import identify_pb2_grpc
 
 from providers.base import Provider
-from providers.kit.inputs import canonical_uuid
+from providers.kit.inputs import bounded_id, canonical_uuid, id_arg
 from providers.kit.tokens import bounded_token
 from providers.registry import Registry
 from providers.values import (
@@ -35,12 +35,13 @@ from server.clock import now
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import request_id_var
+from server.store import repo
+from server.store.db import Database
 
 R = TypeVar("R")
 T = TypeVar("T")
 Q = TypeVar("Q")
 
-MAX_ID_LEN = 512
 Ctx = grpc.aio.ServicerContext[Any, Any]
 # The Request fields an RPC reads from its own message.
 Fields = dict[str, Any]
@@ -67,14 +68,6 @@ def project_id_arg(value: str) -> str:
             "MISSING_PROJECT_ID", "projectId is required", metadata={"field": "projectId"}
         )
     return canonical_uuid(value, field_name="projectId", reason="INVALID_PROJECT_ID")
-
-
-def _bounded(value: str, field: str) -> str | None:
-    if not value:
-        return None
-    if len(value) > MAX_ID_LEN:
-        raise InvalidArgument("FIELD_TOO_LONG", f"{field} is too long", metadata={"field": field})
-    return value
 
 
 # Set by the edge from the client address it decided on (behind
@@ -118,8 +111,8 @@ def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
 def _body(request: pb.UserRequest) -> Fields:
     return {
         "data": _struct_to_dict(request.data),
-        "external_id": _bounded(request.external_id, "externalId"),
-        "device_id": _bounded(request.device_id, "deviceId"),
+        "external_id": bounded_id(request.external_id, "externalId"),
+        "device_id": bounded_id(request.device_id, "deviceId"),
     }
 
 
@@ -178,7 +171,7 @@ CREATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 GET_USER: Route[pb.GetUserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.get_user(req),
-    lambda m: {"external_id": _bounded(m.external_id, "externalId")},
+    lambda m: {"external_id": bounded_id(m.external_id, "externalId")},
     _user_reply,
 )
 UPDATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
@@ -189,15 +182,15 @@ LOGIN: Route[pb.UserRequest, Session, pb.SessionReply] = Route(
 )
 CHECK_USER: Route[pb.CheckUserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.check_user(req),
-    lambda m: {"device_id": _bounded(m.device_id, "deviceId")},
+    lambda m: {"device_id": bounded_id(m.device_id, "deviceId")},
     _user_reply,
 )
 CHECK_USER_NONSTANDARD: Route[pb.CheckUserNonstandardRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.check_user_nonstandard(req),
     lambda m: {
-        "user_id": _bounded(m.user_id, "userId"),
+        "user_id": id_arg(m.user_id, "userId"),
         "access_token": bounded_token(m.access_token, "accessToken"),
-        "device_id": _bounded(m.device_id, "deviceId"),
+        "device_id": bounded_id(m.device_id, "deviceId"),
     },
     _user_reply,
 )
@@ -214,7 +207,7 @@ REFRESH_SESSION: Route[pb.RefreshSessionRequest, Session, pb.SessionReply] = Rou
     lambda p, req: p.refresh_session(req),
     lambda m: {
         "data": _struct_to_dict(m.data),
-        "device_id": _bounded(m.device_id, "deviceId"),
+        "device_id": bounded_id(m.device_id, "deviceId"),
         "refresh_token": bounded_token(m.refresh_token, "refreshToken"),
     },
     _session_reply("OK"),
@@ -224,11 +217,18 @@ LOGOUT: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 
 
+def _not_valid(reason: str) -> pb.VerifySignatureReply:
+    return pb.VerifySignatureReply(valid=False, reason=reason)
+
+
 class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
-    def __init__(self, registry: Registry, projects: ProjectCache, keys: KeyStore) -> None:
+    def __init__(
+        self, registry: Registry, projects: ProjectCache, keys: KeyStore, database: Database
+    ) -> None:
         self._registry = registry
         self._projects = projects
         self._keys = keys
+        self._database = database
         # Strong references: the loop keeps only weak ones to running tasks.
         self._inflight: set[asyncio.Future[Any]] = set()
 
@@ -284,16 +284,34 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                     raise InvalidArgument(
                         "MISSING_FIELD", f"{name} is required", metadata={"field": name}
                     )
-                _bounded(value, name)
+                id_arg(value, name)
+            max_age = request.max_age_seconds if request.HasField("max_age_seconds") else None
+            if max_age is not None and max_age < 0:
+                raise InvalidArgument(
+                    "INVALID_VALUE",
+                    "maxAgeSeconds must be 0 or more",
+                    metadata={"field": "maxAgeSeconds"},
+                )
             loaded = await self._project(project_id)
-            valid = tokens.signature_matches(
+            # The checks that need no read first; a valid session costs one.
+            if not tokens.signature_matches(
                 loaded.secret,
                 request.user_id,
                 request.device_id,
                 request.time_stamp,
                 request.signature,
-            )
-            return pb.VerifySignatureReply(valid=valid)
+            ):
+                return _not_valid("SIGNATURE_MISMATCH")
+            if max_age is not None and now() - request.time_stamp > max_age:
+                return _not_valid("SESSION_TOO_OLD")
+            valid_after = await repo.user_valid_after(self._database, project_id, request.user_id)
+            if valid_after is None:
+                return _not_valid("UNKNOWN_USER")
+            # The rule tokens follow (kit/tokens.py refuse_if_revoked): a
+            # session that began before the logout's second has ended.
+            if request.time_stamp < valid_after:
+                return _not_valid("SESSION_ENDED")
+            return pb.VerifySignatureReply(valid=True)
 
         return await self._run(context, work)
 

@@ -40,7 +40,8 @@ def signature_matches(
     secret: str, user_id: str, device_id: str, time_stamp: int, given: str
 ) -> bool:
     expected = signature(secret, user_id, device_id, time_stamp)
-    return hmac.compare_digest(expected, given.upper())
+    # Bytes: compare_digest refuses str with non-ASCII characters.
+    return hmac.compare_digest(expected.encode(), given.upper().encode())
 
 
 def token_hash(token: str) -> str:

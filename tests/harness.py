@@ -14,17 +14,19 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from server.store.db import open_database
 from tests.terminal import Terminal
 
+T = TypeVar("T")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -236,3 +238,25 @@ def refused(reply: httpx.Response, status: int, reason: str) -> dict[str, Any]:
     [info] = [d for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
     assert info["domain"] == "identify"
     return body
+
+
+def in_store(db_url: str, fn: Callable[[sa.Connection], T], *, write: bool = False) -> T:
+    """Runs `fn` on the stack's database from outside its servers: to read
+    what a call left behind, or to set up what no public call writes."""
+
+    async def run() -> T:
+        database = open_database(db_url, pool_size=1)
+        try:
+            return await (database.write(fn) if write else database.read(fn))
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
+def count_rows(db_url: str, table: str) -> int:
+    return int(
+        in_store(
+            db_url, lambda conn: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+        )
+    )

@@ -36,7 +36,7 @@ from moto.cognitoidp.models import cognitoidp_backends
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.server import ThreadedMotoServer
 
-from tests.harness import Stack, free_port, refused, start_stack
+from tests.harness import Stack, count_rows, free_port, refused, start_stack
 
 REGION = "us-east-1"
 PUBLIC, SECRET, MANUAL, OTHER, DOWN, STUB = (str(uuid.uuid4()) for _ in range(6))
@@ -776,6 +776,66 @@ def test_logout_refuses_the_presented_token_at_once(http: httpx.Client) -> None:
     _, session = signed_up(http)
     ok(http.post("/user/logout", json=body(PUBLIC), headers=bearer(session["accessToken"])))
     refused(profile(http, PUBLIC, session["accessToken"], "/v1"), 401, "TOKEN_REVOKED")
+
+
+def test_logout_ends_the_session_signature(http: httpx.Client) -> None:
+    email, session = signed_up(http)
+    call = {k: session[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    call["projectId"] = PUBLIC
+    assert http.post("/v1/signature:verify", json=call).json() == {"valid": True, "reason": ""}
+    # A logout in the session's own second cannot tell which came first.
+    time.sleep(max(0.0, session["timeStamp"] + 1 - time.time()))
+    ok(http.post("/user/logout", json=body(PUBLIC), headers=bearer(session["accessToken"])))
+    ended = http.post("/v1/signature:verify", json=call).json()
+    assert ended == {"valid": False, "reason": "SESSION_ENDED"}
+    again = login(http, PUBLIC, email)
+    fresh = {k: again[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    fresh["projectId"] = PUBLIC
+    assert http.post("/v1/signature:verify", json=fresh).json() == {"valid": True, "reason": ""}
+
+
+def signed_up_elsewhere(cognito: Cognito) -> str:
+    """The access token of a user who signed up in the pool directly (hosted
+    UI, console): unknown to our store until a call authenticates them."""
+    email = new_email()
+    cognito.client.sign_up(ClientId=cognito.a.client_id, Username=email, Password=PASSWORD)
+    cognito.client.admin_confirm_sign_up(UserPoolId=cognito.a.id, Username=email)
+    auth = cognito.client.initiate_auth(
+        ClientId=cognito.a.client_id,
+        AuthFlow="USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": email, "PASSWORD": PASSWORD},
+    )
+    return str(auth["AuthenticationResult"]["AccessToken"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data", "status", "reason"),
+    [
+        ("PUT", "/user/change-password", {"password": NEW_PASSWORD}, 400, "MISSING_FIELD"),
+        ("PUT", "/user", {"role": "admin"}, 400, "UNKNOWN_ATTRIBUTE"),
+        ("PUT", "/user", {"nickname": "a\x00b"}, 400, "INVALID_CHARACTERS"),
+        ("POST", "/user/logout", {"refreshToken": "r\u00e9fresh"}, 401, "MALFORMED_TOKEN"),
+    ],
+)
+def test_a_refused_call_of_a_user_first_seen_writes_no_user(
+    http: httpx.Client,
+    stack: Stack,
+    cognito: Cognito,
+    method: str,
+    path: str,
+    data: dict[str, Any],
+    status: int,
+    reason: str,
+) -> None:
+    token = signed_up_elsewhere(cognito)
+    before = count_rows(stack.db_url, "users")
+    refused(
+        http.request(method, path, json=body(PUBLIC, data), headers=bearer(token)), status, reason
+    )
+    assert count_rows(stack.db_url, "users") == before
+    # The same token is fine, and the user is ours from its first good call.
+    ok(profile(http, PUBLIC, token))
+    assert count_rows(stack.db_url, "users") == before + 1
 
 
 # ------------------------------------------------------------ token trust

@@ -3,7 +3,6 @@ envelope and shapes of the contract, the error table, JWKS and signatures."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -15,10 +14,9 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from server.store.db import DatabaseUrl
-from tests.harness import Stack, error_reason, refused, start_stack
+from server import tokens
+from tests.harness import Stack, count_rows, error_reason, in_store, refused, start_stack
 
 PROJECT = str(uuid.uuid4())
 ONLY_ANON = str(uuid.uuid4())
@@ -44,20 +42,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Sta
 def http(stack: Stack) -> Iterator[httpx.Client]:
     with stack.client() as client:
         yield client
-
-
-def count_rows(db_url: str, table: str) -> int:
-    async def run() -> int:
-        engine = create_async_engine(DatabaseUrl.parse(db_url).driver_url)
-        try:
-            async with engine.connect() as conn:
-                return int(
-                    (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
-                )
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
 
 
 def anon_body(device_id: str, project: str = PROJECT, **extra: Any) -> dict[str, Any]:
@@ -148,11 +132,88 @@ def test_signature_verifies_through_the_edge(http: httpx.Client) -> None:
         "timeStamp": s["timeStamp"],
         "signature": s["signature"],
     }
-    assert http.post("/v1/signature:verify", json=call).json() == {"valid": True}
+    assert http.post("/v1/signature:verify", json=call).json() == {"valid": True, "reason": ""}
+    mismatch = {"valid": False, "reason": "SIGNATURE_MISMATCH"}
     tampered = {**call, "timeStamp": s["timeStamp"] + 1}
-    assert http.post("/v1/signature:verify", json=tampered).json() == {"valid": False}
+    assert http.post("/v1/signature:verify", json=tampered).json() == mismatch
     elsewhere = {**call, "projectId": ONLY_ANON}
-    assert http.post("/v1/signature:verify", json=elsewhere).json() == {"valid": False}
+    assert http.post("/v1/signature:verify", json=elsewhere).json() == mismatch
+
+
+def project_secret(db_url: str, project: str) -> str:
+    query = sa.text("SELECT secret FROM projects WHERE project_id = :p")
+    return str(in_store(db_url, lambda conn: conn.execute(query, {"p": project}).scalar_one()))
+
+
+def end_sessions(db_url: str, project: str, user_id: str, at: int) -> None:
+    """What a logout writes (awsCognito's, or an admin's "sign out
+    everywhere"); anonymous users have no logout call."""
+    query = sa.text("UPDATE users SET valid_after = :at WHERE project_id = :p AND user_id = :u")
+    in_store(
+        db_url, lambda conn: conn.execute(query, {"at": at, "p": project, "u": user_id}), write=True
+    )
+
+
+def signed(stack: Stack, user_id: str, device_id: str, time_stamp: int) -> dict[str, Any]:
+    """A genuine signature for any values, made with the project's secret."""
+    secret = project_secret(stack.db_url, PROJECT)
+    return {
+        "projectId": PROJECT,
+        "userId": user_id,
+        "deviceId": device_id,
+        "timeStamp": time_stamp,
+        "signature": tokens.signature(secret, user_id, device_id, time_stamp),
+    }
+
+
+def verdict(http: httpx.Client, call: dict[str, Any]) -> tuple[bool, str]:
+    reply = http.post("/v1/signature:verify", json=call)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    return body["valid"], body["reason"]
+
+
+def test_signature_of_a_session_ended_since_is_not_valid(stack: Stack, http: httpx.Client) -> None:
+    s = http.put("/user/login", json=anon_body(str(uuid.uuid4()))).json()["data"]
+    call = {k: s[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    call["projectId"] = PROJECT
+    assert verdict(http, call) == (True, "")
+    # Ended in the session's own second: it may have begun after the end.
+    end_sessions(stack.db_url, PROJECT, s["userId"], s["timeStamp"])
+    assert verdict(http, call) == (True, "")
+    end_sessions(stack.db_url, PROJECT, s["userId"], s["timeStamp"] + 1)
+    assert verdict(http, call) == (False, "SESSION_ENDED")
+    # A mismatch is told before anything the store knows.
+    assert verdict(http, {**call, "signature": "0" * 40}) == (False, "SIGNATURE_MISMATCH")
+    # The next sign-in is a new session, valid again.
+    time.sleep(max(0.0, s["timeStamp"] + 1 - time.time()))
+    again = http.put("/user/login", json=anon_body(s["deviceId"])).json()["data"]
+    fresh = {k: again[k] for k in ("userId", "deviceId", "timeStamp", "signature")}
+    assert verdict(http, {**fresh, "projectId": PROJECT}) == (True, "")
+
+
+def test_signature_max_age(stack: Stack, http: httpx.Client) -> None:
+    s = http.put("/user/login", json=anon_body(str(uuid.uuid4()))).json()["data"]
+    now = int(time.time())
+    old = signed(stack, s["userId"], s["deviceId"], now - 600)
+    assert verdict(http, old) == (True, "")
+    assert verdict(http, {**old, "maxAgeSeconds": 3600}) == (True, "")
+    assert verdict(http, {**old, "maxAgeSeconds": 300}) == (False, "SESSION_TOO_OLD")
+    current = signed(stack, s["userId"], s["deviceId"], now)
+    assert verdict(http, {**current, "maxAgeSeconds": 300}) == (True, "")
+    # maxAgeSeconds 0 is a limit too, not "unset".
+    assert verdict(http, {**old, "maxAgeSeconds": 0}) == (False, "SESSION_TOO_OLD")
+    body = refused(
+        http.post("/v1/signature:verify", json={**current, "maxAgeSeconds": -1}),
+        400,
+        "INVALID_VALUE",
+    )
+    assert body["details"][0]["metadata"]["field"] == "maxAgeSeconds"
+
+
+def test_signature_of_an_unknown_user_is_not_valid(stack: Stack, http: httpx.Client) -> None:
+    call = signed(stack, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()))
+    assert verdict(http, call) == (False, "UNKNOWN_USER")
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,26 @@ def test_errors_carry_error_info(channel: grpc.Channel) -> None:
     assert detail.metadata["requestId"]
 
 
+@pytest.mark.parametrize("method", ["/identify.v1.Identify/Login", "/grpc.health.v1.Health/Check"])
+def test_bytes_that_are_no_message_are_refused_cleanly(
+    stack: Stack, channel: grpc.Channel, method: str
+) -> None:
+    mark = len(stack.log_text())
+    # Field 1, length-delimited, 5 bytes announced and 2 sent.
+    call = channel.unary_unary(method)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\x0a\x05ab", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(info.value)
+    assert status is not None
+    detail = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(detail)
+    assert detail.reason == "MALFORMED_REQUEST"
+    assert "Exception deserializing" not in (info.value.details() or "")
+    time.sleep(0.2)
+    assert "Traceback" not in stack.log_text()[mark:]
+
+
 def test_health_and_reflection(stack: Stack) -> None:
     with grpc.insecure_channel(stack.grpc_target) as ch:
         health = health_pb2_grpc.HealthStub(ch)

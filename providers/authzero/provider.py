@@ -30,7 +30,7 @@ from providers.kit.settings import SettingsError, SettingsReader
 from providers.oidc import OidcProvider, OidcSettings
 from providers.values import Unauthenticated
 
-_DOMAIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?$")
+_DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)

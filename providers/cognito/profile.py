@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from providers.kit.inputs import require_str
+from providers.kit.inputs import require_str, text_arg
 from providers.values import JSON, InvalidArgument, ProfileView
 
 # Standard attributes a user may set on self sign-up or UpdateUserAttributes.
@@ -34,7 +34,7 @@ STANDARD_ATTRIBUTES = frozenset(
         "zoneinfo",
     }
 )
-_CUSTOM = re.compile(r"^custom:[\w.-]{1,20}$")
+_CUSTOM = re.compile(r"custom:[\w.-]{1,20}")
 # Cognito caps attribute values at 2048 characters.
 MAX_VALUE_LEN = 2048
 MAX_EMAIL_LEN = 254
@@ -61,7 +61,7 @@ def writable_attributes(data: Mapping[str, Any], *, skip: Iterable[str]) -> dict
     for key, value in data.items():
         if key in skipped:
             continue
-        if key not in STANDARD_ATTRIBUTES and not _CUSTOM.match(key):
+        if key not in STANDARD_ATTRIBUTES and not _CUSTOM.fullmatch(key):
             raise InvalidArgument(
                 "UNKNOWN_ATTRIBUTE",
                 "data may carry standard Cognito attributes and custom:* attributes only",
@@ -88,7 +88,7 @@ def _as_text(key: str, value: Any) -> str:
             f"data.{key[:64]} is longer than {MAX_VALUE_LEN}",
             metadata={"field": key[:64]},
         )
-    return text
+    return text_arg(text, key[:64])
 
 
 def attributes_of(get_user_reply: Mapping[str, Any]) -> dict[str, str]:

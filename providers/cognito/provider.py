@@ -33,10 +33,10 @@ from providers.cognito.profile import (
     writable_attributes,
 )
 from providers.cognito.settings import CognitoSettings
-from providers.kit.inputs import device_id_arg, optional_str, require_device_id, require_str
+from providers.kit.inputs import device_id_arg, require_device_id, require_str
 from providers.kit.jwt import Claims, JwtVerifier, require_claim
 from providers.kit.settings import SettingsReader
-from providers.kit.tokens import MAX_TOKEN_CHARS, refuse_if_revoked, require_bearer, token_revoked
+from providers.kit.tokens import data_token, refuse_if_revoked, require_bearer, token_revoked
 from providers.values import (
     Action,
     FailedPrecondition,
@@ -161,10 +161,11 @@ class CognitoProvider(Provider[CognitoSettings]):
         return await self._start_session(tokens, device_id)
 
     async def change_password(self, req: Request) -> Session:
-        token, claims, user = await self._authenticate(req)
+        # The request first: authenticating may write (a user first seen).
         proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)
         previous = require_str(req.data, "previousPassword", max_len=MAX_PASSWORD_LEN)
         device_id = device_id_arg(req, required=False)
+        token, claims, user = await self._authenticate(req)
         # A stolen session guessing the password counts against the same
         # account as password logins (its email, as the user signs in with it).
         await self.ctx.abuse.credential_check(
@@ -185,9 +186,7 @@ class CognitoProvider(Provider[CognitoSettings]):
         return await self._start_session(tokens, device_id)
 
     async def refresh_session(self, req: Request) -> Session:
-        refresh = req.refresh_token or optional_str(
-            req.data, "refreshToken", max_len=MAX_TOKEN_CHARS
-        )
+        refresh = req.refresh_token or data_token(req.data, "refreshToken")
         if not refresh:
             raise InvalidArgument(
                 "MISSING_FIELD", "refreshToken is required", metadata={"field": "refreshToken"}
@@ -234,8 +233,8 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def logout(self, req: Request) -> Reply:
+        refresh = data_token(req.data, "refreshToken")
         token, claims, user = await self._authenticate(req)
-        refresh = optional_str(req.data, "refreshToken", max_len=MAX_TOKEN_CHARS)
         try:
             await self._api.call(op.LOGOUT, "global_sign_out", AccessToken=token)
         except Unauthenticated:
@@ -272,7 +271,6 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def update_user(self, req: Request) -> Reply:
-        token, claims, user = await self._authenticate(req)
         attributes = writable_attributes(req.data, skip=_UPDATE_FIELDS)
         if not attributes:
             raise InvalidArgument(
@@ -280,6 +278,7 @@ class CognitoProvider(Provider[CognitoSettings]):
             )
         if "email" in attributes:
             email_of(attributes)
+        token, claims, user = await self._authenticate(req)
         await self._api.call(
             op.UPDATE_USER,
             "update_user_attributes",
@@ -365,7 +364,8 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
 
     async def _authenticate(self, req: Request) -> tuple[str, AccessClaims, User]:
-        """The bearer token, its claims and its user, or Unauthenticated."""
+        """The bearer token, its claims and its user, or Unauthenticated.
+        Creates the user when first seen: check the request before."""
         token = require_bearer(req)
         claims = await self._verify(token)
         user = await self.ctx.accounts.find_user(claims.sub)

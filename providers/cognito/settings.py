@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from providers.kit.jwt import VerifierConfig
 from providers.kit.settings import SettingsError, SettingsReader
 
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-_POOL_ID = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+_[0-9A-Za-z]+$")
-_CLIENT_ID = re.compile(r"^[\w+]+$")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+_POOL_ID = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+_[0-9A-Za-z]+")
+_CLIENT_ID = re.compile(r"[0-9A-Za-z_+]+")
 
 DEFAULT_REFRESH_TOKEN_VALIDITY = 30 * 24 * 3600  # Cognito's own default
 MAX_REFRESH_TOKEN_VALIDITY = 10 * 365 * 24 * 3600  # Cognito's maximum

@@ -88,8 +88,9 @@ class SettingsReader:
         hint: str = "",
         numbers: bool = False,
     ) -> str | None:
-        """An optional string, stripped. `numbers=True` also takes a whole
-        number (YAML reads an unquoted numeric id as one)."""
+        """An optional string, stripped, that `pattern` matches as a whole.
+        `numbers=True` also takes a whole number (YAML reads an unquoted
+        numeric id as one)."""
         value = self._take(key)
         if _unset(value):
             return default
@@ -98,7 +99,7 @@ class SettingsReader:
         if not isinstance(value, str) or not value.strip():
             raise SettingsError(f"{key} must be a non-empty string{_hint(hint)}")
         text = value.strip()
-        if pattern is not None and not pattern.match(text):
+        if pattern is not None and not pattern.fullmatch(text):
             raise SettingsError(f"{key} is not valid{_hint(hint)}")
         return text
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from providers.base import Provider
-from providers.kit.inputs import device_id_arg
+from providers.kit.inputs import device_id_arg, storable
 from providers.kit.tokens import refuse_if_revoked
 from providers.values import (
     JSON,
@@ -43,8 +43,8 @@ class SocialIdentity:
     subject     the network's stable user id (Google `sub`, Facebook app-scoped
                 id, X user id); the user and its externalId hang on it.
     attributes  what the network told us, keys from ATTRIBUTE_KEYS; values
-                that are not non-empty strings are dropped, so raw upstream
-                values can be passed as they come. They replace the stored
+                that are not non-empty strings a store can keep (no NUL) are
+                dropped, so raw upstream values can be passed as they come. They replace the stored
                 ones: the network is the source of truth (a withdrawn email
                 permission must not leave a stale email behind).
     username    the network's handle, if it has one (X `username`).
@@ -76,8 +76,8 @@ class SocialProvider(Provider[S]):
         await self.ctx.abuse.admit(Action.SOCIAL_CHECK, req)
         who = await self.identify(token, user_id=user_id)
         ensure_same_user(user_id, who.subject, provider=self.name)
-        attrs: JSON = {k: v for k, v in who.attributes.items() if _text(v)}
-        username = who.username if _text(who.username) else None
+        attrs: JSON = {k: v for k, v in who.attributes.items() if storable(v)}
+        username = who.username if storable(who.username) else None
         accounts = self.ctx.accounts
         user, created = await accounts.ensure_user(who.subject, attributes=attrs, username=username)
         refuse_if_revoked(user, who.issued_at)
@@ -142,7 +142,3 @@ def profile_data(view: ProfileView) -> JSON:
         "externalId": user.external_id,
         "loginHistory": list(view.login_history),
     }
-
-
-def _text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)

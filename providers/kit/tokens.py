@@ -4,6 +4,10 @@ because the user's sessions were revoked after it was issued."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
 from providers.values import InvalidArgument, Request, Unauthenticated, User
 
 # The one bound on any token a client sends (Authorization header,
@@ -11,17 +15,44 @@ from providers.values import InvalidArgument, Request, Unauthenticated, User
 # ~1-2 KB, Cognito ~1-2 KB, Azure AD with many groups ~6 KB); the servers
 # accept metadata this large, so the refusal is ours and says so.
 MAX_TOKEN_CHARS = 16 * 1024
+# Every token format we meet (JWTs, RFC 6750 b64token, Graph and X tokens) is
+# visible ASCII. Anything else cannot be a token, and passed on it would break
+# the upstream call it travels in (CR/LF or non-ASCII in an Authorization
+# header). fullmatch: `$` would let a trailing newline through.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def bounded_token(value: str, field: str) -> str | None:
-    """A token field as sent, None when empty, refused when too long."""
+    """A token field as sent, None when empty; FIELD_TOO_LONG when too long,
+    UNAUTHENTICATED MALFORMED_TOKEN when it has a character no token has."""
+    if not value:
+        return None
     if len(value) > MAX_TOKEN_CHARS:
         raise InvalidArgument(
             "FIELD_TOO_LONG",
             f"{field} is longer than {MAX_TOKEN_CHARS} characters",
             metadata={"field": field},
         )
-    return value or None
+    if not _TOKEN.fullmatch(value):
+        raise Unauthenticated(
+            "MALFORMED_TOKEN",
+            f"{field} may hold visible ASCII characters only",
+            metadata={"field": field},
+        )
+    return value
+
+
+def data_token(data: Mapping[str, Any], key: str) -> str | None:
+    """A token sent inside `data` (awsCognito's `data.refreshToken`), held
+    to the rule of every token; None when absent."""
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(
+            "MISSING_FIELD", f"data.{key} must be a string", metadata={"field": key}
+        )
+    return bounded_token(value, key)
 
 
 def require_bearer(req: Request) -> str:

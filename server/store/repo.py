@@ -174,6 +174,23 @@ _USER_BY_ID = sa.select(users).where(
 )
 
 
+_VALID_AFTER = sa.select(users.c.valid_after).where(
+    users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
+)
+
+
+async def user_valid_after(database: Database, project_id: str, user_id: str) -> int | None:
+    """When the user's sessions were last ended (0: never), or None when the
+    project has no such user. One primary-key read, whatever the provider."""
+    params = {"project_id": project_id, "user_id": user_id}
+
+    def run(conn: sa.Connection) -> int | None:
+        found = conn.execute(_VALID_AFTER, params).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    return await database.read(run)
+
+
 async def find_user(
     database: Database, project_id: str, column: str, value: str, provider: str
 ) -> User | None:
@@ -196,6 +213,7 @@ async def ensure_user(
     attributes: Mapping[str, Any],
     username: str | None,
     now: int,
+    app_profile: Mapping[str, Any] | None = None,
 ) -> tuple[User, bool]:
     """Insert-or-nothing keyed on (project, provider, subject), then read back:
     racing first logins all end on the one row that won."""
@@ -212,7 +230,7 @@ async def ensure_user(
                 external_id=external_id,
                 username=username,
                 attributes=dict(attributes),
-                app_profile=None,
+                app_profile=dict(app_profile) if app_profile is not None else None,
                 created_at=now,
                 updated_at=now,
                 valid_after=0,

@@ -354,11 +354,16 @@ class VerifySignatureRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TIME_STAMP_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     user_id: _builtins.str
     device_id: _builtins.str
     time_stamp: _builtins.int
     signature: _builtins.str
+    max_age_seconds: _builtins.int
+    """When set, a session whose timeStamp is more than this many seconds ago
+    is not valid (SESSION_TOO_OLD). 0 or more.
+    """
     def __init__(
         self,
         *,
@@ -367,12 +372,15 @@ class VerifySignatureRequest(_message.Message):
         device_id: _builtins.str = ...,
         time_stamp: _builtins.int = ...,
         signature: _builtins.str = ...,
+        max_age_seconds: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_age_seconds", b"_max_age_seconds", "max_age_seconds", b"max_age_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "project_id", b"project_id", "signature", b"signature", "time_stamp", b"time_stamp", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_age_seconds", b"_max_age_seconds", "device_id", b"device_id", "max_age_seconds", b"max_age_seconds", "project_id", b"project_id", "signature", b"signature", "time_stamp", b"time_stamp", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_age_seconds: _TypeAlias = _typing.Literal["max_age_seconds"]  # noqa: Y015
+    _WhichOneofArgType__max_age_seconds: _TypeAlias = _typing.Literal["_max_age_seconds", b"_max_age_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_age_seconds) -> _WhichOneofReturnType__max_age_seconds | None: ...
 
 Global___VerifySignatureRequest: _TypeAlias = VerifySignatureRequest  # noqa: Y015
 
@@ -381,15 +389,24 @@ class VerifySignatureReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VALID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
+    reason: _builtins.str
+    """Why the session is not valid; empty when it is. One of
+    SIGNATURE_MISMATCH (not a signature of ours for these values),
+    SESSION_TOO_OLD (older than max_age_seconds), UNKNOWN_USER (no such user
+    in the project), SESSION_ENDED (the user logged out or was signed out
+    everywhere after the session began).
+    """
     def __init__(
         self,
         *,
         valid: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

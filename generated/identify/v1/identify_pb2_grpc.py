@@ -184,7 +184,8 @@ class IdentifyServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifySignature(self, request, context):
-        """For downstream services: checks a session `signature` offline-free.
+        """For downstream services: checks a session `signature`, and that the
+        session has not ended since (logout, revocation) nor grown too old.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -67,7 +67,9 @@ class IdentifyStub:
     Logout: _grpc.UnaryUnaryMultiCallable[_identify_pb2.UserRequest, _identify_pb2.UserReply]
     """Signs the user out everywhere; tokens issued before are refused after."""
     VerifySignature: _grpc.UnaryUnaryMultiCallable[_identify_pb2.VerifySignatureRequest, _identify_pb2.VerifySignatureReply]
-    """For downstream services: checks a session `signature` offline-free."""
+    """For downstream services: checks a session `signature`, and that the
+    session has not ended since (logout, revocation) nor grown too old.
+    """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identify_pb2.GetJwksRequest, _identify_pb2.Jwks]
     """The public keys that verify our profileToken (JWKS, RFC 7517)."""
 
@@ -101,7 +103,9 @@ class IdentifyAsyncStub(IdentifyStub):
     Logout: _aio.UnaryUnaryMultiCallable[_identify_pb2.UserRequest, _identify_pb2.UserReply]  # type: ignore[assignment]
     """Signs the user out everywhere; tokens issued before are refused after."""
     VerifySignature: _aio.UnaryUnaryMultiCallable[_identify_pb2.VerifySignatureRequest, _identify_pb2.VerifySignatureReply]  # type: ignore[assignment]
-    """For downstream services: checks a session `signature` offline-free."""
+    """For downstream services: checks a session `signature`, and that the
+    session has not ended since (logout, revocation) nor grown too old.
+    """
     GetJwks: _aio.UnaryUnaryMultiCallable[_identify_pb2.GetJwksRequest, _identify_pb2.Jwks]  # type: ignore[assignment]
     """The public keys that verify our profileToken (JWKS, RFC 7517)."""
 
@@ -204,7 +208,9 @@ class IdentifyServicer(metaclass=_abc_1.ABCMeta):
         request: _identify_pb2.VerifySignatureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identify_pb2.VerifySignatureReply, _abc.Awaitable[_identify_pb2.VerifySignatureReply]]:
-        """For downstream services: checks a session `signature` offline-free."""
+        """For downstream services: checks a session `signature`, and that the
+        session has not ended since (logout, revocation) nor grown too old.
+        """
 
     @_abc_1.abstractmethod
     def GetJwks(
