@@ -37,6 +37,17 @@ class UpstreamContext:
     def accounts(self) -> Any:
         raise AssertionError("identify() must not touch the store")
 
+    @property
+    def abuse(self) -> Any:
+        # Rate limits are counted through the real server (test_abuse_e2e.py);
+        # these tests are about what the network's answers become.
+        return _Unlimited()
+
+
+class _Unlimited:
+    async def admit(self, action: Any, req: Any) -> None:
+        return None
+
 
 class _NoUpstream(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
