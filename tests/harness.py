@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -260,3 +260,43 @@ def count_rows(db_url: str, table: str) -> int:
             db_url, lambda conn: conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
         )
     )
+
+
+def identify_cli(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The `identify` command, run to completion, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@contextlib.contextmanager
+def moto_cognito(region: str) -> Iterator[tuple[str, Any]]:
+    """moto's Cognito server on a free loopback port: (endpoint URL, boto3 client)."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    client: Any = boto3.client(
+        "cognito-idp",
+        region_name=region,
+        endpoint_url=url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    try:
+        yield url, client
+    finally:
+        server.stop()

@@ -6,15 +6,11 @@ shared counters in Redis."""
 
 from __future__ import annotations
 
-import logging
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import grpc
 import httpx
 import pytest
@@ -22,9 +18,16 @@ import yaml
 from google.protobuf import struct_pb2
 from identify.v1 import identify_pb2 as pb
 from identify.v1 import identify_pb2_grpc
-from moto.server import ThreadedMotoServer
 
-from tests.harness import ROOT, Stack, error_reason, free_port, refused, start_stack
+from tests.harness import (
+    Stack,
+    error_reason,
+    free_port,
+    identify_cli,
+    moto_cognito,
+    refused,
+    start_stack,
+)
 
 REGION = "us-east-1"
 PASSWORD = "Passw0rd!one"
@@ -38,26 +41,14 @@ LOCKOUT = {"maxFailures": 3, "stepSeconds": 2, "maxLockSeconds": 4}
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, str, str]]:
     """(endpoint, pool id, app client id) of a moto Cognito pool."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client: Any = boto3.client(
-        "cognito-idp",
-        region_name=REGION,
-        endpoint_url=url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    pool = client.create_user_pool(PoolName="abuse", UsernameAttributes=["email"])["UserPool"]
-    app = client.create_user_pool_client(
-        UserPoolId=pool["Id"],
-        ClientName="app",
-        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
-    )["UserPoolClient"]
-    yield url, pool["Id"], app["ClientId"]
-    server.stop()
+    with moto_cognito(REGION) as (url, client):
+        pool = client.create_user_pool(PoolName="abuse", UsernameAttributes=["email"])
+        app = client.create_user_pool_client(
+            UserPoolId=pool["UserPool"]["Id"],
+            ClientName="app",
+            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        )["UserPoolClient"]
+        yield url, pool["UserPool"]["Id"], app["ClientId"]
 
 
 @pytest.fixture(scope="module")
@@ -320,16 +311,6 @@ def test_lockouts_and_limits_are_logged_without_secrets(stack: Stack) -> None:
 
 
 # -------------------------------------------------------------------- config
-def identify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.mark.parametrize(
     ("limits", "words"),
     [
@@ -345,12 +326,12 @@ def test_bad_limits_stop_the_start_naming_the_key(
     config = tmp_path / "identify.yaml"
     project = {"id": str(uuid.uuid4()), "providers": {"anonymous": {}}, "limits": limits}
     config.write_text(yaml.safe_dump({"projects": [project]}))
-    out = identify("serve", "--config", str(config), "--db", f"sqlite:///{tmp_path}/x.db")
+    out = identify_cli("serve", "--config", str(config), "--db", f"sqlite:///{tmp_path}/x.db")
     assert out.returncode == 2 and words in out.stderr, out.stderr
 
 
 def test_a_redis_that_does_not_answer_stops_the_start(tmp_path: Any) -> None:
-    out = identify(
+    out = identify_cli(
         "serve", "--db", f"sqlite:///{tmp_path}/x.db", "--redis", f"redis://127.0.0.1:{free_port()}"
     )
     assert out.returncode == 2 and "Redis at --redis does not answer" in out.stderr

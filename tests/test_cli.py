@@ -15,21 +15,13 @@ import yaml
 
 from server.store.db import DatabaseUrl, head_revision, open_database
 from server.supervisor import envoy_binary
+from tests.harness import identify_cli
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def identify(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
+    return identify_cli(*args, env=env)
 
 
 def write_config(tmp_path: pathlib.Path, providers: dict[str, object]) -> pathlib.Path:

@@ -17,7 +17,6 @@ one stack serves six projects on them:
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
@@ -28,15 +27,13 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import boto3
 import httpx
 import jwt
 import pytest
 from moto.cognitoidp.models import cognitoidp_backends
 from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.server import ThreadedMotoServer
 
-from tests.harness import Stack, count_rows, free_port, refused, start_stack
+from tests.harness import Stack, count_rows, free_port, moto_cognito, refused, start_stack
 
 REGION = "us-east-1"
 PUBLIC, SECRET, MANUAL, OTHER, DOWN, STUB = (str(uuid.uuid4()) for _ in range(6))
@@ -84,18 +81,11 @@ class Cognito:
 
 @pytest.fixture(scope="module")
 def cognito() -> Iterator[Cognito]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client: Any = boto3.client(
-        "cognito-idp",
-        region_name=REGION,
-        endpoint_url=url,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    with moto_cognito(REGION) as (url, client):
+        yield _pools(url, client)
+
+
+def _pools(url: str, client: Any) -> Cognito:
     flows = ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
     schema = [
         {"Name": "terms_optin1", "AttributeDataType": "String", "Mutable": True},
@@ -113,7 +103,7 @@ def cognito() -> Iterator[Cognito]:
         return Pool(pool_id, made["ClientId"], made.get("ClientSecret"))
 
     a = pool("a", UsernameAttributes=["email"], AutoVerifiedAttributes=["email"])
-    yield Cognito(
+    return Cognito(
         url=url,
         client=client,
         a=a,
@@ -121,7 +111,6 @@ def cognito() -> Iterator[Cognito]:
         b=pool("b", secret=True),
         c=pool("c", UsernameAttributes=["email"]),
     )
-    server.stop()
 
 
 class ErrorStub:
