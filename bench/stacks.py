@@ -30,6 +30,8 @@ PG_ENVS = ("IDENTIFY_BENCH_POSTGRES_URL", "IDENTIFY_TEST_POSTGRES_URL")
 
 # Production values, where tests/harness.py shortens them for fast tests.
 SERVICE_ENV = {"IDENTIFY_PROJECT_CACHE_TTL": "5", "IDENTIFY_DRAIN_DELAY": "0.2"}
+# The load comes from one address: the sign-in limiter would measure itself.
+NO_EDGE_LIMIT = ("--edge-rate-limit", "off")
 
 
 @dataclass
@@ -70,7 +72,9 @@ def _watch_children(parent: int) -> list[procstat.Watched]:
 def service(
     tmp: pathlib.Path, config: Mapping[str, Any], *, db_url: str, workers: int
 ) -> Iterator[tuple[Running, Stack]]:
-    stack = start_stack(tmp, config, db_url=db_url, workers=workers, env=SERVICE_ENV)
+    stack = start_stack(
+        tmp, config, db_url=db_url, workers=workers, env=SERVICE_ENV, extra_args=NO_EDGE_LIMIT
+    )
     try:
         processes = _watch_children(stack.proc.pid)
         found = sum(p.name.startswith("server") for p in processes)
@@ -96,6 +100,7 @@ def ceiling(tmp: pathlib.Path, *, workers: int) -> Iterator[Running]:
         worker_argv=[[sys.executable, "-m", "bench.empty_server", "--port", str(p)] for p in ports],
         http_port=http_port,
         backends=[edge.Backend("127.0.0.1", p) for p in ports],
+        rate_limit=None,
     )
     # Envoy's access log goes to stdout; keep it out of the report, as
     # `identify up` does when its output goes to a file.

@@ -140,6 +140,13 @@ def _cors_origins(args: argparse.Namespace) -> list[str]:
     return origins
 
 
+def _rate_limit(args: argparse.Namespace) -> edge.RateLimit | None:
+    # IDENTIFY_RATE_LIMITS=off is honoured where the edge is rendered.
+    if args.edge_rate_limit is None:
+        return edge.DEFAULT_RATE_LIMIT
+    return edge.RateLimit.parse(args.edge_rate_limit)
+
+
 # After a terminal's "^C", on a line of its own.
 STOPPED = "\nIdentify stopped."
 
@@ -158,6 +165,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         backends=[edge.Backend(args.host, p) for p in ports],
         listen_address=args.listen_address,
         cors_origins=_cors_origins(args),
+        rate_limit=_rate_limit(args),
+        trusted_proxies=args.trusted_proxies,
     )
     # Before any child exists: a Ctrl-C while starting stops them in order too.
     supervisor.catch_stop_signals()
@@ -191,6 +200,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
             listen_address=args.listen_address,
             descriptor=pathlib.Path(args.descriptor) if args.descriptor else edge.DESCRIPTOR,
             cors_origins=_cors_origins(args),
+            rate_limit=_rate_limit(args),
+            trusted_proxies=args.trusted_proxies,
         )
     )
     return 0
@@ -234,6 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def edge_policy(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cors-origin",
+            action="append",
+            metavar="ORIGIN",
+            help="browser origin allowed to call the REST API (repeatable; IDENTIFY_CORS_ORIGINS)",
+        )
+        p.add_argument(
+            "--edge-rate-limit",
+            metavar="RATE",
+            help=f"sign-ups and logins per client IP: 20/s, 600/m, 20/s,burst=100 or off"
+            f" (default {edge.DEFAULT_RATE_LIMIT}; {edge.RATE_LIMITS_ENV}=off turns it off)",
+        )
+        p.add_argument(
+            "--trusted-proxies",
+            type=int,
+            default=0,
+            metavar="N",
+            help="load balancers in front of the edge that append to X-Forwarded-For (default 0)",
+        )
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="projects YAML file (env IDENTIFY_CONFIG)")
         p.add_argument("--db", help=f"database URL (env IDENTIFY_DB, default {db.DEFAULT_URL})")
@@ -249,12 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-address", default="127.0.0.1", help="address Envoy listens on")
     up.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
     up.add_argument("--start-timeout", type=float, default=30.0)
-    up.add_argument(
-        "--cors-origin",
-        action="append",
-        metavar="ORIGIN",
-        help="browser origin allowed to call the REST API (repeatable; IDENTIFY_CORS_ORIGINS)",
-    )
+    edge_policy(up)
     up.set_defaults(func=cmd_up)
 
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
@@ -273,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument(
         "--backend", action="append", metavar="HOST:PORT", help="a gRPC backend (repeatable)"
     )
-    env.add_argument("--cors-origin", action="append", metavar="ORIGIN")
+    edge_policy(env)
     env.set_defaults(func=cmd_envoy_config)
 
     mig = sub.add_parser("migrate", help="apply database migrations")

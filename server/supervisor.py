@@ -69,6 +69,8 @@ class Supervisor:
         backends: Sequence[edge.Backend],
         listen_address: str = "127.0.0.1",
         cors_origins: Sequence[str] = (),
+        rate_limit: edge.RateLimit | None = edge.DEFAULT_RATE_LIMIT,
+        trusted_proxies: int = 0,
         envoy_log_level: str = "warning",
     ) -> None:
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-edge-"))
@@ -79,6 +81,8 @@ class Supervisor:
                 backends=backends,
                 listen_address=listen_address,
                 cors_origins=cors_origins,
+                rate_limit=rate_limit,
+                trusted_proxies=trusted_proxies,
             )
         )
         self.http_port = http_port
