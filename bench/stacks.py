@@ -108,8 +108,9 @@ def ceiling(tmp: pathlib.Path, *, workers: int) -> Iterator[Running]:
         supervisor.envoy.stdout = envoy_log.fileno()
         supervisor.start()
         try:
-            if not supervisor.wait_healthy(timeout=30):
-                raise RuntimeError("the ceiling's Envoy did not become healthy")
+            problem = supervisor.wait_until_serving(timeout=30)
+            if problem is not None:
+                raise RuntimeError(f"the ceiling did not come up: {problem}")
             processes = [
                 procstat.Watched(f"server-{i}", child.proc.pid)
                 for i, child in enumerate(supervisor.workers)

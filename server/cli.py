@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from providers.registry import Registry
 from server import config as config_mod
 from server import edge
-from server.app import Service, Settings, serve
+from server.app import ListenError, Service, Settings, serve
 from server.bootstrap import bootstrap
 from server.store import db
 
@@ -160,7 +160,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
     ports = [args.grpc_port + i for i in range(workers)]
     supervisor = Supervisor(
-        worker_argv=[worker_command(port=p, db_url=url, host=args.host) for p in ports],
+        worker_argv=[worker_command(port=p, host=args.host) for p in ports],
+        worker_env={"IDENTIFY_DB": url},
         http_port=args.http_port,
         backends=[edge.Backend(args.host, p) for p in ports],
         listen_address=args.listen_address,
@@ -171,13 +172,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Before any child exists: a Ctrl-C while starting stops them in order too.
     supervisor.catch_stop_signals()
     supervisor.start()
-    healthy = supervisor.wait_healthy(timeout=args.start_timeout)
+    problem = supervisor.wait_until_serving(timeout=args.start_timeout)
     if supervisor.stop_requested:
         supervisor.shutdown()
         print(STOPPED, flush=True)
         return 0
-    if not healthy:
-        log.error("the edge did not become healthy in %ss", args.start_timeout)
+    if problem is not None:
+        log.error("identify up failed: %s", problem)
         supervisor.shutdown()
         return 1
     print(_banner(args, url, ports, projects, supervisor.admin_address()), flush=True)
@@ -321,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C where nothing catches it (reading the config, checking the
         # schema): no process was started and an unfinished transaction rolls

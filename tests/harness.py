@@ -93,6 +93,17 @@ class Stack:
                 raise AssertionError(f"no access log line with {fields}:\n{self.log_text()}")
             time.sleep(0.1)
 
+    def worker_pids(self) -> dict[int, int]:
+        """grpc port -> pid of each server process under `identify up`."""
+        found = {}
+        for task in pathlib.Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"serve" in argv:
+                        found[int(argv[argv.index(b"--grpc-port") + 1])] = int(pid)
+        return found
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -68,14 +68,7 @@ class Load:
 
 
 def worker_pids(stack: Stack) -> dict[int, int]:
-    """grpc port -> pid of each server process under `identify up`."""
-    found = {}
-    for task in pathlib.Path(f"/proc/{stack.proc.pid}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"serve" in argv:
-                found[int(argv[argv.index(b"--grpc-port") + 1])] = int(pid)
-    return found
+    return stack.worker_pids()
 
 
 @pytest.fixture
