@@ -30,6 +30,8 @@ PG_ENVS = ("IDENTIFY_BENCH_POSTGRES_URL", "IDENTIFY_TEST_POSTGRES_URL")
 
 # Production values, where tests/harness.py shortens them for fast tests.
 SERVICE_ENV = {"IDENTIFY_PROJECT_CACHE_TTL": "5", "IDENTIFY_DRAIN_DELAY": "0.2"}
+# The load comes from one address: the sign-in limiter would measure itself.
+NO_EDGE_LIMIT = ("--edge-rate-limit", "off")
 
 
 @dataclass
@@ -76,7 +78,12 @@ def service(
     env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Running, Stack]]:
     stack = start_stack(
-        tmp, config, db_url=db_url, workers=workers, env={**SERVICE_ENV, **(env or {})}
+        tmp,
+        config,
+        db_url=db_url,
+        workers=workers,
+        env={**SERVICE_ENV, **(env or {})},
+        extra_args=NO_EDGE_LIMIT,
     )
     try:
         processes = _watch_children(stack.proc.pid)
@@ -103,6 +110,7 @@ def ceiling(tmp: pathlib.Path, *, workers: int) -> Iterator[Running]:
         worker_argv=[[sys.executable, "-m", "bench.empty_server", "--port", str(p)] for p in ports],
         http_port=http_port,
         backends=[edge.Backend("127.0.0.1", p) for p in ports],
+        rate_limit=None,
     )
     # Envoy's access log goes to stdout; keep it out of the report, as
     # `identify up` does when its output goes to a file.
@@ -110,8 +118,9 @@ def ceiling(tmp: pathlib.Path, *, workers: int) -> Iterator[Running]:
         supervisor.envoy.stdout = envoy_log.fileno()
         supervisor.start()
         try:
-            if not supervisor.wait_healthy(timeout=30):
-                raise RuntimeError("the ceiling's Envoy did not become healthy")
+            problem = supervisor.wait_until_serving(timeout=30)
+            if problem is not None:
+                raise RuntimeError(f"the ceiling did not come up: {problem}")
             processes = [
                 procstat.Watched(f"server-{i}", child.proc.pid)
                 for i, child in enumerate(supervisor.workers)

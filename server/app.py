@@ -38,6 +38,10 @@ MAX_METADATA_BYTES = 64 * 1024
 STALE_FAILURES_SECONDS = 30 * 86400
 
 
+class ListenError(OSError):
+    """The gRPC port cannot be had (another process holds it, say)."""
+
+
 @dataclass
 class Settings:
     db_url: str
@@ -145,9 +149,13 @@ class Service:
             ),
             server,
         )
-        port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpcio's "Failed to bind to address"
+            raise ListenError(f"cannot listen on {address}: is the port in use?") from exc
         if port == 0:
-            raise OSError(f"cannot bind {self.settings.host}:{self.settings.port}")
+            raise ListenError(f"cannot listen on {address}: is the port in use?")
         await server.start()
         self.server = server
         for name in ("", SERVICE):

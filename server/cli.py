@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from providers.registry import Registry
 from server import config as config_mod
 from server import edge
-from server.app import Service, Settings, serve
+from server.abuse.policy import RATE_LIMITS_ENV
+from server.app import ListenError, Service, Settings, serve
 from server.bootstrap import bootstrap
 from server.store import db
 
@@ -168,6 +169,13 @@ def _cors_origins(args: argparse.Namespace) -> list[str]:
     return origins
 
 
+def _rate_limit(args: argparse.Namespace) -> edge.RateLimit | None:
+    # IDENTIFY_RATE_LIMITS=off is honoured where the edge is rendered.
+    if args.edge_rate_limit is None:
+        return edge.DEFAULT_RATE_LIMIT
+    return edge.RateLimit.parse(args.edge_rate_limit)
+
+
 # After a terminal's "^C", on a line of its own.
 STOPPED = "\nIdentify stopped."
 
@@ -185,22 +193,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers()
     ports = [args.grpc_port + i for i in range(workers)]
     supervisor = Supervisor(
-        worker_argv=[worker_command(port=p, db_url=url, host=args.host) for p in ports],
+        worker_argv=[worker_command(port=p, host=args.host) for p in ports],
+        worker_env={"IDENTIFY_DB": url},
         http_port=args.http_port,
         backends=[edge.Backend(args.host, p) for p in ports],
         listen_address=args.listen_address,
         cors_origins=_cors_origins(args),
+        rate_limit=_rate_limit(args),
+        trusted_proxies=args.trusted_proxies,
     )
     # Before any child exists: a Ctrl-C while starting stops them in order too.
     supervisor.catch_stop_signals()
     supervisor.start()
-    healthy = supervisor.wait_healthy(timeout=args.start_timeout)
+    problem = supervisor.wait_until_serving(timeout=args.start_timeout)
     if supervisor.stop_requested:
         supervisor.shutdown()
         print(STOPPED, flush=True)
         return 0
-    if not healthy:
-        log.error("the edge did not become healthy in %ss", args.start_timeout)
+    if problem is not None:
+        log.error("identify up failed: %s", problem)
         supervisor.shutdown()
         return 1
     print(_banner(args, url, ports, projects, supervisor.admin_address()), flush=True)
@@ -223,6 +234,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
             listen_address=args.listen_address,
             descriptor=pathlib.Path(args.descriptor) if args.descriptor else edge.DESCRIPTOR,
             cors_origins=_cors_origins(args),
+            rate_limit=_rate_limit(args),
+            trusted_proxies=args.trusted_proxies,
         )
     )
     return 0
@@ -266,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def edge_policy(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cors-origin",
+            action="append",
+            metavar="ORIGIN",
+            help="browser origin allowed to call the REST API (repeatable; IDENTIFY_CORS_ORIGINS)",
+        )
+        p.add_argument(
+            "--edge-rate-limit",
+            metavar="RATE",
+            help=f"sign-ups and logins per client IP: 20/s, 600/m, 20/s,burst=100 or off"
+            f" (default {edge.DEFAULT_RATE_LIMIT}; {RATE_LIMITS_ENV}=off turns it off)",
+        )
+        p.add_argument(
+            "--trusted-proxies",
+            type=int,
+            default=0,
+            metavar="N",
+            help="load balancers in front of the edge that append to X-Forwarded-For (default 0)",
+        )
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="projects YAML file (env IDENTIFY_CONFIG)")
         p.add_argument("--db", help=f"database URL (env IDENTIFY_DB, default {db.DEFAULT_URL})")
@@ -287,12 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-address", default="127.0.0.1", help="address Envoy listens on")
     up.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
     up.add_argument("--start-timeout", type=float, default=30.0)
-    up.add_argument(
-        "--cors-origin",
-        action="append",
-        metavar="ORIGIN",
-        help="browser origin allowed to call the REST API (repeatable; IDENTIFY_CORS_ORIGINS)",
-    )
+    edge_policy(up)
     up.set_defaults(func=cmd_up)
 
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
@@ -311,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument(
         "--backend", action="append", metavar="HOST:PORT", help="a gRPC backend (repeatable)"
     )
-    env.add_argument("--cors-origin", action="append", metavar="ORIGIN")
+    edge_policy(env)
     env.set_defaults(func=cmd_envoy_config)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
@@ -332,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 2
+    except ListenError as exc:
+        log.error("%s", exc)
+        return 1
     except KeyboardInterrupt:
         # Ctrl-C where nothing catches it (reading the config, checking the
         # schema): no process was started and an unfinished transaction rolls

@@ -32,6 +32,7 @@ from providers.values import (
 )
 from server import errors, tokens
 from server.clock import now
+from server.edge import CLIENT_IP_HEADER
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import request_id_var
@@ -70,12 +71,6 @@ def project_id_arg(value: str) -> str:
     return canonical_uuid(value, field_name="projectId", reason="INVALID_PROJECT_ID")
 
 
-# Set by the edge from the client address it decided on (behind
-# --trusted-proxies); a client's own copy is removed there. Direct gRPC
-# callers reach the servers without the edge, so their peer address counts.
-CLIENT_IP_HEADER = "x-identify-client-ip"
-
-
 def _caller(context: Ctx) -> tuple[str | None, str]:
     """The bearer token (bounded like every token) and the client's IP."""
     bearer: str | None = None
@@ -90,6 +85,8 @@ def _caller(context: Ctx) -> tuple[str | None, str]:
                 )
             bearer = bounded_token(token.strip(), "authorization")
         elif key == CLIENT_IP_HEADER:
+            # Set by the edge (behind --trusted-proxies); direct gRPC callers
+            # reach the servers without it, so their peer address counts.
             client_ip = (value if isinstance(value, str) else value.decode())[:64]
     return bearer, client_ip or _peer_ip(context.peer())
 

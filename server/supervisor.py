@@ -7,7 +7,12 @@ also asks the kernel to SIGTERM it if we die, so nothing is left behind.
 
 The console is ours: the children's own start and stop chatter is kept out
 of it (see worker_command and shutdown), so a person sees the banner first
-and one line when everything has stopped."""
+and one line when everything has stopped.
+
+A server process that dies is started again, at once the first time and
+then after a growing delay while it keeps dying young (bad config, database
+down), but never while no other process serves: quick kills of every
+process must not leave them all waiting at once."""
 
 from __future__ import annotations
 
@@ -29,6 +34,12 @@ from server import edge
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+# A process that ran this long before dying starts its backoff afresh.
+STABLE_SECONDS = 60.0
+MAX_RESTART_DELAY = 30.0
+# A server process becomes healthy within a few seconds of its start; until
+# then it counts as coming up, not as stuck.
+START_GRACE_SECONDS = 10.0
 
 
 def _die_with_parent() -> None:
@@ -37,12 +48,34 @@ def _die_with_parent() -> None:
 
 
 @dataclass
+class Backoff:
+    """How long a server process that keeps dying young waits to restart."""
+
+    quick_deaths: int = 0
+
+    def died(self, uptime: float) -> None:
+        self.quick_deaths = 1 if uptime >= STABLE_SECONDS else self.quick_deaths + 1
+
+    @property
+    def delay(self) -> float:
+        """0 after a first death, then 1, 2, 4 ... seconds, at most 30."""
+        if self.quick_deaths <= 1:
+            return 0.0
+        return min(MAX_RESTART_DELAY, 0.5 * 2.0 ** (self.quick_deaths - 1))
+
+
+@dataclass
 class Child:
     name: str
     argv: list[str]
+    # The gRPC address Envoy health-checks it at, for a server process.
+    address: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
     stdout: int | None = None
     proc: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    started_at: float = 0.0
+    died_at: float | None = None
+    backoff: Backoff = field(default_factory=Backoff)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -50,10 +83,27 @@ class Child:
             start_new_session=True,
             preexec_fn=_die_with_parent,
             stdout=self.stdout,
+            env={**os.environ, **self.env},
         )
+        self.started_at = time.monotonic()
+        self.died_at = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.returncode if self.proc else None
+
+    def note_death(self, now: float) -> bool:
+        """Record a death once; True the first time it is seen."""
+        if self.died_at is not None:
+            return False
+        self.died_at = now
+        self.backoff.died(uptime=now - self.started_at)
+        return True
+
+    def restart_due(self, now: float) -> bool:
+        return self.died_at is not None and now >= self.died_at + self.backoff.delay
 
 
 def envoy_binary() -> pathlib.Path:
@@ -65,10 +115,13 @@ class Supervisor:
         self,
         *,
         worker_argv: Sequence[Sequence[str]],
+        worker_env: Mapping[str, str] | None = None,
         http_port: int,
         backends: Sequence[edge.Backend],
         listen_address: str = "127.0.0.1",
         cors_origins: Sequence[str] = (),
+        rate_limit: edge.RateLimit | None = edge.DEFAULT_RATE_LIMIT,
+        trusted_proxies: int = 0,
         envoy_log_level: str = "warning",
     ) -> None:
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-edge-"))
@@ -79,11 +132,16 @@ class Supervisor:
                 backends=backends,
                 listen_address=listen_address,
                 cors_origins=cors_origins,
+                rate_limit=rate_limit,
+                trusted_proxies=trusted_proxies,
             )
         )
         self.http_port = http_port
         self.listen_address = listen_address
-        self.workers = [Child(f"server-{i}", list(argv)) for i, argv in enumerate(worker_argv)]
+        self.workers = [
+            Child(f"server-{i}", list(argv), address=_address(b), env=dict(worker_env or {}))
+            for i, (argv, b) in enumerate(zip(worker_argv, backends, strict=True))
+        ]
         self.envoy = Child(
             "envoy",
             [
@@ -110,7 +168,7 @@ class Supervisor:
 
     def catch_stop_signals(self) -> None:
         """From now on SIGTERM and SIGINT (a terminal's Ctrl-C) only ask for
-        an orderly stop, which watch() and wait_healthy() act on."""
+        an orderly stop, which watch() and wait_until_serving() act on."""
 
         def request_stop(signum: int, _frame: object) -> None:
             self._stop_signal = signum
@@ -127,18 +185,51 @@ class Supervisor:
             child.start()
         self.envoy.start()
 
-    def wait_healthy(self, timeout: float = 30.0) -> bool:
+    def wait_until_serving(self, timeout: float = 30.0) -> str | None:
+        """Wait until Envoy and every server process serve; None once they
+        do (or a stop was asked for), else what stopped them."""
         host = "127.0.0.1" if self.listen_address in ("0.0.0.0", "::") else self.listen_address
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stop_requested:
             if not self.envoy.alive():
-                return False
+                return f"envoy exited with {self.envoy.exit_code()} while starting"
+            # A server that dies now (its port taken, say) would be started
+            # again and again behind an edge that looks up: fail instead.
+            for child in self.workers:
+                if not child.alive():
+                    return (
+                        f"{child.name} ({child.address}) exited with {child.exit_code()}"
+                        " while starting; its error is above"
+                    )
             # Marked, so Envoy's access log leaves these polls out.
             probe = _status(host, self.http_port, "GET", "/healthz", {edge.PROBE_HEADER: "1"})
-            if probe == 200:
-                return True
+            if probe == 200 and not self._not_serving():
+                return None
             time.sleep(0.1)
-        return False
+        if self.stop_requested:
+            return None
+        waiting = ", ".join(f"{c.name} ({c.address})" for c in self._not_serving()) or "envoy"
+        return f"not serving after {timeout:g}s: {waiting}"
+
+    def _healthy_addresses(self) -> set[str] | None:
+        """The backends Envoy's health checks pass, or None if Envoy does not say."""
+        address = self.admin_address()
+        if address is None:
+            return None
+        text = _get(address, "/clusters")
+        if text is None:
+            return None
+        healthy = set()
+        for line in text.splitlines():
+            cluster, _, rest = line.partition("::")
+            host, _, flag = rest.rpartition("::health_flags::")
+            if cluster == "identify_backend" and flag == "healthy":
+                healthy.add(host)
+        return healthy
+
+    def _not_serving(self) -> list[Child]:
+        healthy = self._healthy_addresses() or set()
+        return [c for c in self.workers if c.address not in healthy]
 
     def admin_address(self) -> str | None:
         path = self._workdir / "admin-address"
@@ -152,24 +243,38 @@ class Supervisor:
                 log.error("envoy exited unexpectedly; stopping")
                 self.shutdown()
                 return 1
+            now = time.monotonic()
             for child in self.workers:
                 if not child.alive():
-                    self._restart(child)
+                    self._restart(child, now)
             time.sleep(0.2)
         self.shutdown()
         return 0
 
-    def _restart(self, child: Child) -> None:
-        now = time.monotonic()
-        child.restarts = [t for t in child.restarts if now - t < 60]
-        code = child.proc.returncode if child.proc else None
-        # Back off when a worker keeps dying (bad config, database down).
-        delay = min(30.0, 0.5 * 2 ** len(child.restarts))
-        if child.restarts and now - child.restarts[-1] < delay:
-            return
-        log.warning("%s exited with %s; restarting", child.name, code)
-        child.restarts.append(now)
-        child.start()
+    def _restart(self, child: Child, now: float) -> None:
+        if child.note_death(now):
+            delay = child.backoff.delay
+            later = f" in {delay:g}s" if delay else ""
+            log.warning("%s exited with %s; restarting it%s", child.name, child.exit_code(), later)
+        if child.restart_due(now):
+            child.start()
+        elif not self._others_serve(child, now):
+            log.warning("restarting %s now: no other server process is serving", child.name)
+            child.start()
+
+    def _others_serve(self, child: Child, now: float) -> bool:
+        """Whether another server process serves, or is coming up."""
+        healthy = self._healthy_addresses()
+        for other in self.workers:
+            if other is child or not other.alive():
+                continue
+            if now - other.started_at < START_GRACE_SECONDS:
+                return True
+            # If Envoy cannot say, take none as serving: a needless early
+            # restart costs less than an edge with nobody behind it.
+            if healthy is not None and other.address in healthy:
+                return True
+        return False
 
     def shutdown(self, timeout: float = 20.0) -> None:
         if self._stopping:
@@ -216,6 +321,25 @@ def _status(
         connection.close()
 
 
+def _get(address: str, path: str, timeout: float = 1.0) -> str | None:
+    """The body of a GET to Envoy's admin endpoint, or None."""
+    connection = http.client.HTTPConnection(address, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        return reply.read().decode() if reply.status == 200 else None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def _address(backend: edge.Backend) -> str:
+    """host:port as Envoy's /clusters prints it."""
+    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    return f"{host}:{backend.port}"
+
+
 def _wait(child: Child, deadline: float) -> None:
     if child.proc is None:
         return
@@ -227,7 +351,9 @@ def _wait(child: Child, deadline: float) -> None:
         child.proc.wait()
 
 
-def worker_command(*, port: int, db_url: str, host: str, extra: Sequence[str] = ()) -> list[str]:
+def worker_command(*, port: int, host: str, extra: Sequence[str] = ()) -> list[str]:
+    """A server process's argv. The database URL (it may hold a password)
+    goes in its environment (worker_env), not here: argv is public in ps."""
     return [
         sys.executable,
         "-m",
@@ -241,8 +367,6 @@ def worker_command(*, port: int, db_url: str, host: str, extra: Sequence[str] = 
         str(port),
         "--host",
         host,
-        "--db",
-        db_url,
         *extra,
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pathlib
 import random
@@ -72,6 +73,38 @@ class Stack:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """Envoy's access log lines so far (JSON, one per request)."""
+        lines = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    lines.append(json.loads(line))
+        return lines
+
+    def access_log_line(self, timeout: float = 5, **fields: Any) -> dict[str, Any]:
+        """The first access log line with these field values, once Envoy
+        has flushed it (every half second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.access_log():
+                if all(line.get(k) == v for k, v in fields.items()):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no access log line with {fields}:\n{self.log_text()}")
+            time.sleep(0.1)
+
+    def worker_pids(self) -> dict[int, int]:
+        """grpc port -> pid of each server process under `identify up`."""
+        found = {}
+        for task in pathlib.Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                    argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if b"serve" in argv:
+                        found[int(argv[argv.index(b"--grpc-port") + 1])] = int(pid)
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

@@ -97,7 +97,14 @@ def stack(
         ]
     }
     # One process: the embedded counters are per process (see the Redis test).
-    s = start_stack(tmp_path_factory.mktemp("abuse"), config, db_url=db_url, env=LIMITS_ON)
+    # One trusted proxy: the client IP is the one X-Forwarded-For names.
+    s = start_stack(
+        tmp_path_factory.mktemp("abuse"),
+        config,
+        db_url=db_url,
+        env=LIMITS_ON,
+        extra_args=["--trusted-proxies", "1"],
+    )
     yield s
     s.stop()
 
@@ -157,6 +164,17 @@ def test_anonymous_sign_ups_are_limited_per_ip_and_other_calls_are_not(http: htt
         assert anonymous_login(http, ANON, known).status_code == 200
         read = {**create, "externalId": external_id}
         assert http.get("/v1/user", params=read).status_code == 200
+
+
+def test_each_client_ip_has_its_own_count(http: httpx.Client) -> None:
+    def sign_up(ip: str) -> httpx.Response:
+        body = {"projectId": ANON, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+        return http.put("/v1/user/login", json=body, headers={"X-Forwarded-For": ip})
+
+    assert [sign_up("203.0.113.7").status_code for _ in range(3)] == [200] * 3
+    rate_limited(sign_up("203.0.113.7"), "client")
+    # Another client behind the same load balancer is not held to that count.
+    assert sign_up("203.0.113.8").status_code == 200
 
 
 def test_the_defaults_apply_without_a_limits_block(http: httpx.Client) -> None:

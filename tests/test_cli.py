@@ -8,11 +8,13 @@ import pathlib
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import yaml
 
+from server.edge import RateLimit
 from server.store.db import DatabaseUrl, head_revision, open_database
 from server.supervisor import envoy_binary
 from tests.harness import identify_cli
@@ -55,6 +57,86 @@ def test_envoy_config_validates_with_real_envoy(tmp_path: pathlib.Path) -> None:
         timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def validate(config: str, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(config)
+    check = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def rendered(config: str) -> dict[str, Any]:
+    """The connection manager and its routes, from a rendered config."""
+    doc = yaml.safe_load(config)
+    [chain] = doc["static_resources"]["listeners"][0]["filter_chains"]
+    hcm: dict[str, Any] = chain["filters"][0]["typed_config"]
+    return hcm
+
+
+def sign_in_limit(hcm: dict[str, Any]) -> dict[str, Any] | None:
+    [host] = hcm["route_config"]["virtual_hosts"]
+    limits = host["routes"][0].get("typed_per_filter_config", {})
+    found: dict[str, Any] | None = limits.get("envoy.filters.http.local_ratelimit")
+    return found
+
+
+def test_edge_policy_flags_render_a_config_envoy_takes(tmp_path: pathlib.Path) -> None:
+    out = identify("envoy-config", "--edge-rate-limit", "600/m,burst=50", "--trusted-proxies", "2")
+    assert out.returncode == 0, out.stderr
+    validate(out.stdout, tmp_path)
+    hcm = rendered(out.stdout)
+    assert hcm["xff_num_trusted_hops"] == 2
+    assert hcm["use_remote_address"] is True
+    assert hcm["max_request_headers_kb"] == 32
+    limit = sign_in_limit(hcm)
+    assert limit is not None
+    [descriptor] = limit["descriptors"]
+    assert descriptor["token_bucket"] == {
+        "max_tokens": 50,
+        "tokens_per_fill": 600,
+        "fill_interval": "60s",
+    }
+    assert limit["max_dynamic_descriptors"] == 65536
+
+
+def test_the_default_rate_limit_and_the_switches_that_turn_it_off() -> None:
+    default = sign_in_limit(rendered(identify("envoy-config").stdout))
+    assert default is not None
+    assert default["descriptors"][0]["token_bucket"]["max_tokens"] == 100
+    assert default["descriptors"][0]["token_bucket"]["tokens_per_fill"] == 20
+    assert (
+        sign_in_limit(rendered(identify("envoy-config", "--edge-rate-limit", "off").stdout)) is None
+    )
+    # The environment switch wins over the flag: it turns every limit off.
+    off = identify("envoy-config", "--edge-rate-limit", "5/s", env={"IDENTIFY_RATE_LIMITS": "off"})
+    assert sign_in_limit(rendered(off.stdout)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("20/s", RateLimit(20, 1, 100)),
+        ("20/s,burst=40", RateLimit(20, 1, 40)),
+        ("600/m", RateLimit(600, 60, 600)),
+        (" 5 / s , burst = 7 ", RateLimit(5, 1, 7)),
+        ("OFF", None),
+    ],
+)
+def test_rate_limit_forms(text: str, expected: RateLimit | None) -> None:
+    assert RateLimit.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["20", "20/h", "0/s", "20/s,burst=0", "fast"])
+def test_bad_rate_limits_stop_the_start(text: str) -> None:
+    out = identify("envoy-config", "--edge-rate-limit", text)
+    assert out.returncode == 2
+    assert "rate limit must" in out.stderr
 
 
 def test_unknown_provider_in_config_stops_start(tmp_path: pathlib.Path) -> None:

@@ -77,6 +77,9 @@ def test_each_reason_has_one_code() -> None:
     found = reasons_in_source()
     for status, (code, reason, _message) in edge.LOCAL_REPLIES.items():
         found[reason].add((code_pb2.Code.Name(code), f"server/edge.py LOCAL_REPLIES[{status}]"))
+    for name in ("INVALID_HEADER", "UNMAPPED_REPLY"):
+        code, reason, _message = getattr(edge, name)
+        found[reason].add((code_pb2.Code.Name(code), f"server/edge.py {name}"))
     conflicts = {
         reason: sorted(places)
         for reason, places in found.items()

@@ -59,7 +59,7 @@ def test_up_shows_the_banner_first_and_stops_with_one_line(
             assert http.get("/.well-known/jwks.json").status_code == 200
             # Someone else's health check (a load balancer's, a person's).
             assert http.get("/healthz").status_code == 200
-        wait_for_access_log(stack, "/identify.v1.Identify/GetJwks")
+        wait_for_access_log(stack, "/.well-known/jwks.json")
         wait_for_access_log(stack, "/healthz")
         # Longer than Envoy's flush interval: late lines would be in by now.
         time.sleep(1)
@@ -89,8 +89,12 @@ def test_up_shows_the_banner_first_and_stops_with_one_line(
     entries = access_log(after[:-1])
     assert len(entries) == len(after) - 1, f"not an access-log line in:\n{text}"
     assert [e["path"] for e in entries].count("/healthz") == 1, text
+    # The path the client called, and the gRPC call it became.
     assert any(
-        e["path"] == "/identify.v1.Identify/GetJwks" and e["status"] == 200 for e in entries
+        e["path"] == "/.well-known/jwks.json"
+        and e["grpc_method"] == "/identify.v1.Identify/GetJwks"
+        and e["status"] == 200
+        for e in entries
     ), text
 
     # (d) Ctrl-C: exit code 0 and nothing but the stopped line.

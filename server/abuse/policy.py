@@ -27,8 +27,14 @@ from providers.kit.settings import SettingsError, SettingsReader
 from providers.values import Action
 
 OFF = "off"
-# Load tests and benchmarks: every rate limit off (the lockout stays on).
-KILL_SWITCH = "IDENTIFY_RATE_LIMITS"
+# Load tests and benchmarks: every rate limit off, the edge's and the
+# servers' (the lockout stays on).
+RATE_LIMITS_ENV = "IDENTIFY_RATE_LIMITS"
+
+
+def rate_limits_off() -> bool:
+    return os.environ.get(RATE_LIMITS_ENV, "").strip().lower() == OFF
+
 
 _DEFAULT_RATES: Mapping[Action, tuple[str, str]] = {
     Action.ANONYMOUS_SIGN_UP: ("30/hour", "5000/hour"),
@@ -74,7 +80,7 @@ class Limits:
 def parse_limits(raw: Mapping[str, Any] | None) -> Limits:
     """The limits of one project; SettingsError naming the bad key."""
     s = SettingsReader(raw or {}, owner="limits")
-    rates_off = os.environ.get(KILL_SWITCH, "").lower() == OFF
+    rates_off = rate_limits_off()
     rates = {
         action: _rates(s, action, defaults, off=rates_off)
         for action, defaults in _DEFAULT_RATES.items()
