@@ -19,6 +19,7 @@ from google.protobuf import struct_pb2
 from identify.v1 import identify_pb2 as pb
 from identify.v1 import identify_pb2_grpc
 
+from server.abuse.guard import client_key
 from tests.harness import (
     Stack,
     error_reason,
@@ -389,3 +390,17 @@ def test_with_redis_every_process_shares_the_counters(
         assert set(codes[6:]) == {429}
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("", "unknown"),
+    ],
+)
+def test_a_client_is_an_ipv4_address_or_an_ipv6_64(ip: str, key: str) -> None:
+    assert client_key(ip) == key

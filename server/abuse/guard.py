@@ -5,6 +5,7 @@ reaches every process within the cache's TTL, like any project setting."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
@@ -34,7 +35,7 @@ class Guard:
 
     async def admit(self, action: Action, req: Request) -> None:
         await self._rates.admit(
-            await self._limits(), action, self._project_id, req.client_ip or "unknown"
+            await self._limits(), action, self._project_id, client_key(req.client_ip)
         )
 
     async def credential_check(
@@ -50,3 +51,17 @@ class Guard:
             check=check,
             failures=failures,
         )
+
+
+def client_key(ip: str) -> str:
+    """Whose count a call is: an IPv4 address, or an IPv6 /64 (one client
+    holds a whole /64, as the edge's limiter counts it too)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
