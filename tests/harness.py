@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -333,3 +334,57 @@ def moto_cognito(region: str) -> Iterator[tuple[str, Any]]:
         yield url, client
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    sent: float  # time.monotonic() when the call left
+    done: float  # ... and when its answer (or failure) came back
+    status: int  # HTTP status; 0 when the call failed at the transport
+    reason: str | None  # ErrorInfo reason, or the transport error's class
+
+
+class BackgroundClients:
+    """`clients` threads calling `call` through the edge until stopped (a
+    `with` block), each outcome recorded: load for the fault tests."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        call: Callable[[httpx.Client], httpx.Response],
+        *,
+        clients: int,
+        timeout: float,
+        pause: float = 0.0,
+    ) -> None:
+        self.stack = stack
+        self.outcomes: list[Outcome] = []
+        self._call = call
+        self._timeout = timeout
+        self._pause = pause
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.stack.http, timeout=self._timeout) as http:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    reply = self._call(http)
+                    reason = None if reply.is_success else error_reason(reply.json())
+                    outcome = Outcome(sent, time.monotonic(), reply.status_code, reason)
+                except httpx.HTTPError as exc:
+                    outcome = Outcome(sent, time.monotonic(), 0, type(exc).__name__)
+                self.outcomes.append(outcome)
+                if self._pause:
+                    time.sleep(self._pause)
+
+    def __enter__(self) -> BackgroundClients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self._timeout + 5)

@@ -8,7 +8,6 @@ import os
 import pathlib
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests import pgcluster
-from tests.harness import Stack, error_reason, start_stack
+from tests.harness import BackgroundClients, Outcome, Stack, error_reason, start_stack
 
 PROJECT = str(uuid.uuid4())
 CONFIG = {"projects": [{"id": PROJECT, "name": "faults", "providers": {"anonymous": {}}}]}
@@ -29,42 +28,18 @@ CLIENTS = 4
 NO_LIMIT = ["--edge-rate-limit", "off"]
 
 
-class Load:
+def sign_in(http: httpx.Client) -> httpx.Response:
+    body = {"projectId": PROJECT, "provider": "anonymous", "data": {"deviceId": str(uuid.uuid4())}}
+    return http.put("/v1/user/login", json=body)
+
+
+def load(stack: Stack) -> BackgroundClients:
     """A few clients signing devices in through the edge until stopped."""
+    return BackgroundClients(stack, sign_in, clients=CLIENTS, timeout=15)
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.outcomes: list[tuple[float, int, str | None]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
 
-    def _client(self) -> None:
-        with httpx.Client(base_url=self.stack.http, timeout=15) as http:
-            while not self._stop.is_set():
-                body = {
-                    "projectId": PROJECT,
-                    "provider": "anonymous",
-                    "data": {"deviceId": str(uuid.uuid4())},
-                }
-                try:
-                    reply = http.put("/v1/user/login", json=body)
-                    reason = None if reply.status_code == 200 else error_reason(reply.json())
-                    self.outcomes.append((time.monotonic(), reply.status_code, reason))
-                except httpx.HTTPError as exc:
-                    self.outcomes.append((time.monotonic(), 0, type(exc).__name__))
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(20)
-
-    def codes(self, since: float = 0.0) -> Counter[int]:
-        return Counter(code for at, code, _ in self.outcomes if at >= since)
+def codes(outcomes: list[Outcome], since: float = 0.0) -> Counter[int]:
+    return Counter(o.status for o in outcomes if o.done >= since)
 
 
 def worker_pids(stack: Stack) -> dict[int, int]:
@@ -86,30 +61,30 @@ def two_workers(tmp_path: pathlib.Path, db_url: str) -> Iterator[Stack]:
 
 
 def test_killed_server_process_costs_only_its_in_flight_calls(two_workers: Stack) -> None:
-    with Load(two_workers) as load:
+    with load(two_workers) as clients:
         time.sleep(1.5)
         victim = worker_pids(two_workers)[int(two_workers.grpc_targets[0].rsplit(":", 1)[1])]
         os.kill(victim, signal.SIGKILL)
         time.sleep(4)
-    codes = load.codes()
-    failures = sum(n for code, n in codes.items() if code != 200)
-    assert codes[200] > 50, codes
+    seen = codes(clients.outcomes)
+    failures = sum(n for code, n in seen.items() if code != 200)
+    assert seen[200] > 50, seen
     # At most the calls that were on the dead process when it died.
-    assert failures <= CLIENTS, codes
+    assert failures <= CLIENTS, seen
     # The supervisor brought the process back.
     assert victim not in worker_pids(two_workers).values()
     assert len(worker_pids(two_workers)) == 2
 
 
 def test_sigterm_to_one_server_under_load_loses_nothing(two_workers: Stack) -> None:
-    with Load(two_workers) as load:
+    with load(two_workers) as clients:
         time.sleep(1.5)
         port = int(two_workers.grpc_targets[1].rsplit(":", 1)[1])
         os.kill(worker_pids(two_workers)[port], signal.SIGTERM)
         time.sleep(4)
-    codes = load.codes()
-    assert set(codes) == {200}, codes
-    assert codes[200] > 50
+    seen = codes(clients.outcomes)
+    assert set(seen) == {200}, seen
+    assert seen[200] > 50
     assert "server-1 exited with 0" in two_workers.log_text()
 
 
@@ -128,7 +103,7 @@ def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.P
         tmp_path / "stack", CONFIG, db_url=cluster.url, workers=2, extra_args=NO_LIMIT
     )
     try:
-        with Load(stack) as load:
+        with load(stack) as clients:
             time.sleep(1.5)
             cluster.stop()
             down_at = time.monotonic()
@@ -137,15 +112,15 @@ def test_postgres_restart_under_load_gives_503_then_recovers(tmp_path: pathlib.P
             cluster.wait_ready()
             up_at = time.monotonic()
             time.sleep(4.0)
-        during = [(c, r) for at, c, r in load.outcomes if down_at + 0.5 < at < up_at]
-        after = [c for at, c, _ in load.outcomes if at > up_at + 2.5]
+        during = [(o.status, o.reason) for o in clients.outcomes if down_at + 0.5 < o.done < up_at]
+        after = [o.status for o in clients.outcomes if o.done > up_at + 2.5]
         assert during, "no calls were made while PostgreSQL was down"
         assert {c for c, _ in during} <= {200, 503}, Counter(during)
         assert {r for c, r in during if c == 503} <= {"STORE_UNAVAILABLE"}
         assert 503 in {c for c, _ in during}
         # Recovered on its own, without a restart of Identify.
         assert after and set(after) == {200}, Counter(after)
-        assert not any(c == 500 for _, c, _ in load.outcomes)
+        assert not any(o.status == 500 for o in clients.outcomes)
         # The outage is logged, but never with the rows' values (signatures).
         assert "store unavailable" in stack.log_text()
         assert "[parameters:" not in stack.log_text()

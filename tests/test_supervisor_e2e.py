@@ -10,16 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from server.supervisor import MAX_RESTART_DELAY, STABLE_SECONDS, Backoff
-from tests.harness import ROOT, Stack, free_port, free_port_block, start_stack
+from tests.harness import ROOT, BackgroundClients, Stack, free_port, free_port_block, start_stack
 
 PROJECT = str(uuid.uuid4())
 CONFIG = {"projects": [{"id": PROJECT, "name": "sup", "providers": {"anonymous": {}}}]}
@@ -98,45 +96,22 @@ def test_the_database_url_is_not_in_the_servers_argv(stack: Stack) -> None:
         assert http.put("/v1/user/login", json=body).status_code == 200
 
 
-class Reads:
+def reads(stack: Stack) -> BackgroundClients:
     """Two clients reading the JWKS through the edge until stopped (a route
     the sign-in limiter leaves alone)."""
+    return BackgroundClients(
+        stack, lambda http: http.get("/v1/jwks"), clients=2, timeout=5, pause=0.02
+    )
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.outcomes: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(2)]
 
-    def _client(self) -> None:
-        with httpx.Client(base_url=self.stack.http, timeout=5) as http:
-            while not self._stop.is_set():
-                # When it was sent: a reply that arrives just after a kill
-                # may have been served before it.
-                sent = time.monotonic()
-                try:
-                    code = http.get("/v1/jwks").status_code
-                except httpx.HTTPError:
-                    code = 0
-                self.outcomes.append((sent, code))
-                time.sleep(0.02)
-
-    def __enter__(self) -> Reads:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
-
-    def served_since(self, since: float) -> bool:
-        return any(sent > since and code == 200 for sent, code in self.outcomes)
+def served_since(clients: BackgroundClients, since: float) -> bool:
+    # By when it was sent: a reply that arrives just after a kill may have
+    # been served before it.
+    return any(o.sent > since and o.status == 200 for o in clients.outcomes)
 
 
 def test_quick_kills_of_every_server_never_leave_the_edge_without_one(stack: Stack) -> None:
-    with Reads(stack) as reads:
+    with reads(stack) as clients:
         for round_ in range(6):
             pids = stack.worker_pids()
             assert pids, f"round {round_}: no server process is running"
@@ -146,10 +121,10 @@ def test_quick_kills_of_every_server_never_leave_the_edge_without_one(stack: Sta
             # With a backoff of its own for each process, the sixth round
             # waited 16 s with nobody serving; now one comes back at once.
             deadline = killed_at + RECOVERY_BOUND
-            while not reads.served_since(killed_at):
+            while not served_since(clients, killed_at):
                 assert time.monotonic() < deadline, f"round {round_}: the edge did not recover"
                 time.sleep(0.05)
-    codes = {code for _, code in reads.outcomes}
+    codes = {o.status for o in clients.outcomes}
     # Down between a kill and a restart, never broken.
     assert codes <= {200, 503}, codes
     # The processes in backoff come back too (at most 30 s later).
