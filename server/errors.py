@@ -30,6 +30,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from providers.values import ProviderError
 from server.projects import ProviderSetupError
+from server.requestctx import call_var
 
 DOMAIN = "identify"
 log = logging.getLogger(__name__)
@@ -141,6 +142,9 @@ def _status(
     retry_after: float | None = None,
     request_id: str = "",
 ) -> grpc.Status:
+    call = call_var.get()
+    if call is not None:
+        call.reason = reason
     metadata = dict(metadata or {})
     if request_id:
         metadata["requestId"] = request_id

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from providers.values import InvalidArgument
 from server import errors
-from server.requestctx import request_id_var
+from server.requestctx import Call, call_var
 
 log = logging.getLogger("identify.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -86,7 +86,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         request_id = _request_id(handler_call_details)
 
         async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            token = request_id_var.set(request_id)
+            token = call_var.set(Call(request_id=request_id, method=method))
             started = time.perf_counter()
             code = "OK"
             try:
@@ -113,7 +113,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                         elapsed,
                         request_id,
                     )
-                request_id_var.reset(token)
+                call_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,

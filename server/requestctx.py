@@ -1,8 +1,32 @@
-"""Per-call values the logging and error paths need without threading them
-through every signature."""
+"""What one call is about, for the logging, metrics and error paths, without
+threading it through every signature."""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 
-request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+
+@dataclass(slots=True)
+class Call:
+    """Filled in as the call goes: the interceptor makes it with the request
+    id and the RPC; the servicer names the project and provider only once
+    they are validated (so log fields and metric labels hold known values,
+    never a client's arbitrary text); server/errors.py records the reason of
+    a refusal. A mutable object in the context var, so the call's detached
+    work task (servicer._detached), which runs in a copy of the context,
+    writes to the same one the interceptor reads."""
+
+    request_id: str
+    method: str = ""
+    project: str = ""
+    provider: str = ""
+    reason: str = ""
+
+
+call_var: ContextVar[Call | None] = ContextVar("call", default=None)
+
+
+def request_id() -> str:
+    call = call_var.get()
+    return call.request_id if call is not None else ""

@@ -35,7 +35,7 @@ from server.clock import now
 from server.edge import CLIENT_IP_HEADER
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
-from server.requestctx import request_id_var
+from server.requestctx import call_var, request_id
 from server.store import repo
 from server.store.db import Database
 
@@ -331,7 +331,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 provider=request.provider,
                 strategy=strategy,
                 bearer=bearer,
-                request_id=request_id_var.get(),
+                request_id=request_id(),
                 client_ip=client_ip,
                 **route.fields(request),
             )
@@ -343,7 +343,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         try:
             return await self._detached(work())
         except Exception as exc:
-            await context.abort_with_status(errors.to_status(exc, request_id_var.get()))
+            await context.abort_with_status(errors.to_status(exc, request_id()))
         raise AssertionError("unreachable: abort_with_status raises")
 
     async def _project(self, project_id: str) -> LoadedProject:
@@ -352,6 +352,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             raise NotFound(
                 "PROJECT_NOT_FOUND", "no such project", metadata={"projectId": project_id}
             )
+        call = call_var.get()
+        if call is not None:
+            call.project = loaded.project.id
         return loaded
 
     async def _resolve(
@@ -382,6 +385,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 f"provider {provider} is not enabled for this project",
                 metadata={"provider": provider},
             )
+        call = call_var.get()
+        if call is not None:
+            call.project, call.provider = loaded.project.id, provider
         if not strategy:
             strategy = cls.strategies[0] if cls.strategies else ""
         elif strategy not in cls.strategies:
