@@ -22,10 +22,19 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
-lint: setup
+# buf (npm) lints the protos and refuses incompatible API changes; only
+# `make lint` needs it, so `make run` and `make test` never touch npm.
+TOOLS_STAMP := tools/node_modules/.installed
+
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --silent --no-audit --no-fund
+	touch $(TOOLS_STAMP)
+
+lint: setup $(TOOLS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(MAKE) typecheck
+	$(BIN)/python scripts/protocheck.py
 
 typecheck: setup
 	$(BIN)/mypy server providers
@@ -37,4 +46,4 @@ bench: setup
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tools/node_modules

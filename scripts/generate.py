@@ -20,10 +20,10 @@ PROTOS = ROOT / "protos"
 EXTRA = ["google/rpc/error_details.proto", "google/rpc/status.proto"]
 
 
-def _includes() -> list[str]:
+def includes(protos: pathlib.Path = PROTOS) -> list[str]:
     googleapis = pathlib.Path(next(iter(google.api.__path__))).parent.parent
     well_known = pathlib.Path(protoc.__file__).parent / "_proto"
-    return [f"-I{PROTOS}", f"-I{googleapis}", f"-I{well_known}"]
+    return [f"-I{protos}", f"-I{googleapis}", f"-I{well_known}"]
 
 
 def _plugin(name: str) -> str:
@@ -36,7 +36,7 @@ def generate(out: pathlib.Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
-        *_includes(),
+        *includes(),
         f"--python_out={out}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
@@ -49,7 +49,7 @@ def generate(out: pathlib.Path) -> None:
         sys.exit("protoc failed (python)")
     descriptor = [
         "protoc",
-        *_includes(),
+        *includes(),
         "--include_imports",
         f"--descriptor_set_out={out / 'identify.pb'}",
         *sources,
