@@ -259,13 +259,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="identify", description="Identify identity service")
-    parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
-    parser.add_argument(
-        "--log-format",
-        choices=logs.FORMATS,
-        default=os.environ.get("IDENTIFY_LOG_FORMAT", "text"),
-        help="text (default) or json: one object per line (env IDENTIFY_LOG_FORMAT)",
-    )
+    _log_options(parser, os.environ.get("IDENTIFY_LOG_LEVEL", "info"), _env_log_format())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def edge_policy(p: argparse.ArgumentParser) -> None:
@@ -339,16 +333,37 @@ def build_parser() -> argparse.ArgumentParser:
     rot = sub.add_parser("rotate-keys", help="start signing profileTokens with a new key")
     rot.add_argument("--db", help="database URL (env IDENTIFY_DB)")
     rot.set_defaults(func=cmd_rotate_keys)
+    # Also after the command (`identify up --log-format json`); given there
+    # or not at all, the value before it (or its default) stands.
+    for command in sub.choices.values():
+        _log_options(command, argparse.SUPPRESS, argparse.SUPPRESS)
     return parser
 
 
+def _env_log_format() -> str:
+    # argparse checks `choices` on the command line only, not on a default.
+    value = os.environ.get("IDENTIFY_LOG_FORMAT", "text")
+    if value not in logs.FORMATS:
+        raise SystemExit(f"identify: IDENTIFY_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}")
+    return value
+
+
+def _log_options(p: argparse.ArgumentParser, level: str, fmt: str) -> None:
+    p.add_argument(
+        "--log-level",
+        default=level,
+        help="debug, info (default), warning or error (env IDENTIFY_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=fmt,
+        help="text (default) or json: one object per line (env IDENTIFY_LOG_FORMAT)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # argparse checks `choices` on the command line only, not on a default
-    # taken from the environment.
-    if args.log_format not in logs.FORMATS:
-        parser.error(f"IDENTIFY_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}")
+    args = build_parser().parse_args(argv)
     logs.setup(args.log_level, args.log_format)
     try:
         code: int = args.func(args)

@@ -76,7 +76,10 @@ def setup(level: str, fmt: str = "text") -> None:
     # would come before `identify up`'s banner; `identify migrate` prints
     # what it did in one line of its own.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("grpc._cython.cygrpc").addFilter(_drop_undecodable_header_reports)
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    # At debug it says "Loaded running loop" for every call, health checks too.
+    grpc_core.setLevel(max(logging.INFO, logging.getLogger().level))
+    grpc_core.addFilter(_drop_undecodable_header_reports)
     if fmt == "json":
         _route_stray_output()
 
