@@ -226,7 +226,11 @@ def _calls(
     )
     session(http.post("/user/refresh", json=refresh, headers=_bearer(first["accessToken"])))
     wrong = body(COGNITO, "awsCognito", {"email": email, "password": WRONG_PASSWORD})
-    refused(http.put("/user/login", json=wrong), 401, "INVALID_CREDENTIALS")
+    # A client's own request id does not reach the logs: the edge names every call.
+    chosen = {"x-request-id": "client-chosen-id"}
+    reply = http.put("/user/login", json=wrong, headers=chosen)
+    refused(reply, 401, "INVALID_CREDENTIALS")
+    assert reply.headers["x-request-id"] != chosen["x-request-id"]
     _ok(http.put("/user/forgot-password", json=body(COGNITO, "awsCognito", {"email": email})))
     user = cognitoidp_backends[DEFAULT_ACCOUNT_ID][REGION].user_pools[pool_id]._get_user(email)
     code = str(user.confirmation_code)
@@ -371,6 +375,7 @@ def test_access_lines_name_the_call_its_outcome_and_validated_project(run: Run) 
     assert (OIDC, "oidc") in seen
     [wrong] = [e for e in calls if e.get("reason") == "INVALID_CREDENTIALS"]
     assert wrong["status"] == "UNAUTHENTICATED" and wrong["level"] == "info", wrong
+    assert "client-chosen-id" not in {e.get("request_id") for e in run.entries()}
 
 
 def test_a_server_line_and_envoys_line_share_the_request_id(run: Run) -> None:
