@@ -14,37 +14,13 @@ from collections.abc import Sequence
 
 from providers.registry import Registry
 from server import config as config_mod
-from server import edge
+from server import edge, logs
 from server.abuse.policy import RATE_LIMITS_ENV
 from server.app import ListenError, Service, Settings, serve
 from server.bootstrap import bootstrap
 from server.store import db
 
 log = logging.getLogger("identify")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s pid=%(process)d %(message)s",
-        stream=sys.stderr,
-    )
-    # These log full URLs (query strings carry tokens) and request details.
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "aiosqlite", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Alembic narrates its plugins, its dialect and each step at INFO, which
-    # would come before `identify up`'s banner; `identify migrate` prints
-    # what it did in one line of its own.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    logging.getLogger("grpc._cython.cygrpc").addFilter(_drop_undecodable_header_reports)
-
-
-def _drop_undecodable_header_reports(record: logging.LogRecord) -> bool:
-    # gRPC reports a header value that is not UTF-8 with the value itself and
-    # a traceback, once per request: a client's Authorization header would
-    # land in the log. The value still reaches us (as Latin-1), and the
-    # bearer check refuses it.
-    return not record.getMessage().startswith("Invalid encoding on")
 
 
 def _db_url(args: argparse.Namespace) -> str:
@@ -194,7 +170,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     ports = [args.grpc_port + i for i in range(workers)]
     supervisor = Supervisor(
         worker_argv=[worker_command(port=p, host=args.host) for p in ports],
-        worker_env={"IDENTIFY_DB": url},
+        # The log options are global ones, before `serve`: the environment
+        # carries them to every server process.
+        worker_env={
+            "IDENTIFY_DB": url,
+            "IDENTIFY_LOG_LEVEL": args.log_level,
+            "IDENTIFY_LOG_FORMAT": args.log_format,
+        },
+        log_format=args.log_format,
         http_port=args.http_port,
         backends=[edge.Backend(args.host, p) for p in ports],
         listen_address=args.listen_address,
@@ -276,7 +259,7 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="identify", description="Identify identity service")
-    parser.add_argument("--log-level", default=os.environ.get("IDENTIFY_LOG_LEVEL", "info"))
+    _log_options(parser, os.environ.get("IDENTIFY_LOG_LEVEL", "info"), _env_log_format())
     sub = parser.add_subparsers(dest="command", required=True)
 
     def edge_policy(p: argparse.ArgumentParser) -> None:
@@ -350,12 +333,38 @@ def build_parser() -> argparse.ArgumentParser:
     rot = sub.add_parser("rotate-keys", help="start signing profileTokens with a new key")
     rot.add_argument("--db", help="database URL (env IDENTIFY_DB)")
     rot.set_defaults(func=cmd_rotate_keys)
+    # Also after the command (`identify up --log-format json`); given there
+    # or not at all, the value before it (or its default) stands.
+    for command in sub.choices.values():
+        _log_options(command, argparse.SUPPRESS, argparse.SUPPRESS)
     return parser
+
+
+def _env_log_format() -> str:
+    # argparse checks `choices` on the command line only, not on a default.
+    value = os.environ.get("IDENTIFY_LOG_FORMAT", "text")
+    if value not in logs.FORMATS:
+        raise SystemExit(f"identify: IDENTIFY_LOG_FORMAT must be one of {', '.join(logs.FORMATS)}")
+    return value
+
+
+def _log_options(p: argparse.ArgumentParser, level: str, fmt: str) -> None:
+    p.add_argument(
+        "--log-level",
+        default=level,
+        help="debug, info (default), warning or error (env IDENTIFY_LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=fmt,
+        help="text (default) or json: one object per line (env IDENTIFY_LOG_FORMAT)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    logs.setup(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:

@@ -112,6 +112,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                         code,
                         elapsed,
                         request_id,
+                        # The same, as fields of a JSON line (server/logs.py).
+                        extra={"status": code, "duration_ms": round(elapsed, 1)},
                     )
                 call_var.reset(token)
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import envoy
-from server import edge
+from server import edge, logs
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -123,6 +123,7 @@ class Supervisor:
         rate_limit: edge.RateLimit | None = edge.DEFAULT_RATE_LIMIT,
         trusted_proxies: int = 0,
         envoy_log_level: str = "warning",
+        log_format: str = "text",
     ) -> None:
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-edge-"))
         config_path = self._workdir / "envoy.yaml"
@@ -161,7 +162,10 @@ class Supervisor:
                 # The admin port is picked by the kernel; this file says which.
                 "--admin-address-path",
                 str(self._workdir / "admin-address"),
+                *_envoy_log_format(log_format),
             ],
+            # Envoy stamps its own lines in local time.
+            env={"TZ": "UTC"} if log_format == "json" else {},
         )
         self._stopping = False
         self._stop_signal = 0
@@ -332,6 +336,11 @@ def _get(address: str, path: str, timeout: float = 1.0) -> str | None:
         return None
     finally:
         connection.close()
+
+
+def _envoy_log_format(log_format: str) -> list[str]:
+    """Envoy's own lines (its access log is JSON either way) in our format."""
+    return ["--log-format", logs.ENVOY_JSON_FORMAT] if log_format == "json" else []
 
 
 def _address(backend: edge.Backend) -> str:
