@@ -30,6 +30,10 @@ projects = sa.Table(
     sa.Column("limits", sa.JSON),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Soft delete: calls are refused from this instant; purged after a grace.
+    sa.Column("deleted_at", sa.BigInteger),
+    # Days audit events are kept (None: the default, 90).
+    sa.Column("audit_retention_days", sa.Integer),
 )
 
 users = sa.Table(
@@ -122,4 +126,88 @@ credential_failures = sa.Table(
     sa.Column("locked_until", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "account"),
+)
+
+# Service-wide, like signing_keys: a key may reach several projects or all.
+admin_keys = sa.Table(
+    "admin_keys",
+    metadata,
+    sa.Column("key_id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # SHA-256 of the key: it is shown once and never stored.
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    # The project ids it may reach; None: every project.
+    sa.Column("projects", sa.JSON),
+    sa.Column("read_only", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger),
+    sa.Column("revoked_at", sa.BigInteger),
+)
+
+# The audit trail, written in the transaction of the change it records. It is
+# also the webhooks' outbox: the relay fans each event out to the project's
+# endpoints once (`fanned_out`), in deliveries it then sends.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    # None for events about no user; a pseudonym once the user is erased.
+    sa.Column("user_id", sa.String(64)),
+    # Who did it: "user", "admin:<key id>", "system".
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("provider", sa.String(64)),
+    sa.Column("device_id", sa.String(36)),
+    sa.Column("client_ip", sa.String(64)),
+    # A refusal's ErrorInfo reason.
+    sa.Column("reason", sa.String(64)),
+    # Bounded, secret-free details of the event.
+    sa.Column("data", sa.JSON),
+    sa.Column("fanned_out", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.PrimaryKeyConstraint("project_id", "event_id"),
+    sa.Index(None, "project_id", "at"),
+    sa.Index(None, "project_id", "user_id", "at"),
+    # Not led by project_id: the relay looks across projects.
+    sa.Index(None, "fanned_out", "at"),
+)
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    sa.Column("endpoint_id", sa.String(36), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    # Standard Webhooks signing secret ("whsec_..."), shown once at creation.
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("disabled_at", sa.BigInteger),
+    sa.Column("disabled_reason", sa.String(512)),
+    sa.PrimaryKeyConstraint("project_id", "endpoint_id"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    sa.Column("delivery_id", sa.String(36), nullable=False),
+    sa.Column("endpoint_id", sa.String(36), nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    # pending, delivered, failed (gave up).
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    # A relay that claimed it and died: others take it once this passes.
+    sa.Column("claimed_until", sa.BigInteger),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(512)),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("delivered_at", sa.BigInteger),
+    sa.PrimaryKeyConstraint("project_id", "delivery_id"),
+    sa.UniqueConstraint("project_id", "endpoint_id", "event_id"),
+    # Not led by project_id: the relay claims due deliveries of every project.
+    sa.Index(None, "state", "next_attempt_at"),
 )
