@@ -17,7 +17,11 @@ EXPORT_TIMEOUT = "2s"
 # client called with its query string, where a client may have sent a token
 # (GET /user/check/nonstandard takes accessToken there): replaced by the path
 # alone. Envoy's OpenTelemetry span keeps one value per attribute, the last.
-_PATH_ONLY = {"tag": "http.url", "value": "%PATH(WQ:ORIG)%"}
+_PATH_ONLY = {"tag": "http.url", "value": "%PATH(NQ)%"}
+# What the client called (the transcoder turns every call into a POST of
+# the gRPC method): the span's name and its http.method.
+_METHOD = "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"
+_CLIENT_METHOD = {"tag": "http.method", "value": _METHOD}
 
 
 def edge_service_name(otlp: Otlp) -> str:
@@ -50,7 +54,8 @@ def connection_manager_tracing(otlp: Otlp) -> dict[str, object]:
     return {
         # Percent of requests without a sampled traceparent that start a trace.
         "random_sampling": {"value": round(otlp.ratio * 100, 4)},
-        "custom_tags": [_PATH_ONLY],
+        "operation": f"{_METHOD} %PATH(NQ)%",
+        "custom_tags": [_PATH_ONLY, _CLIENT_METHOD],
         "provider": {
             "name": "envoy.tracers.opentelemetry",
             "typed_config": {
