@@ -8,8 +8,10 @@ process imports opentelemetry."""
 from __future__ import annotations
 
 import os
+import pathlib
 import re
 import secrets
+import subprocess
 import threading
 import time
 import uuid
@@ -26,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from server.store.db import DatabaseUrl
+from server.supervisor import envoy_binary
 from tests.harness import Stack, identify_cli, moto_cognito, running_stack, start_stack
 
 REGION = "us-east-1"
@@ -120,7 +124,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[World]:
     receiver = Receiver()
     with moto_cognito(REGION) as (url, client):
         pool_id = client.create_user_pool(PoolName="traced", UsernameAttributes=["email"])[
@@ -154,7 +158,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             # The servers' batches go out within 0.1 s, not 5.
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
-        stack = start_stack(tmp_path_factory.mktemp("tracing"), config, env=env)
+        stack = start_stack(tmp_path_factory.mktemp("tracing"), config, env=env, db_url=db_url)
         try:
             yield World(stack, receiver, client, pool_id, jwks_url)
         finally:
@@ -177,6 +181,17 @@ def _descends(span: Received, ancestor: Received, spans: list[Received]) -> bool
     return False
 
 
+def _complete(rpc: str) -> Callable[[list[Received]], bool]:
+    """Envoy's span and the RPC's are in: the RPC's ends after its
+    children's, and a server exports its spans in the order they end."""
+
+    def done(spans: list[Received]) -> bool:
+        names = {r.span.name for r in spans}
+        return rpc in names and any(r.service == "identify-test-edge" for r in spans)
+
+    return done
+
+
 def test_one_rest_login_is_one_trace_through_envoy_the_server_the_store_and_upstream(
     world: World,
 ) -> None:
@@ -197,12 +212,7 @@ def test_one_rest_login_is_one_trace_through_envoy_the_server_the_store_and_upst
     assert reply.status_code == 200, reply.text
     session = reply.json()["data"]
 
-    def complete(spans: list[Received]) -> bool:
-        return any(r.service == "identify-test-edge" for r in spans) and any(
-            r.span.name == "GET" for r in spans
-        )
-
-    spans = world.receiver.trace(trace_id, complete)
+    spans = world.receiver.trace(trace_id, _complete("identify.v1.Identify/Login"))
     [edge] = [r for r in spans if r.service == "identify-test-edge"]
     [rpc] = [r for r in spans if r.span.name == "identify.v1.Identify/Login"]
     store = [r for r in spans if r.span.name.startswith("store.")]
@@ -227,7 +237,8 @@ def test_one_rest_login_is_one_trace_through_envoy_the_server_the_store_and_upst
     # The store's spans and both upstream calls are the RPC's.
     assert store and all(_descends(r, rpc, spans) for r in store)
     assert any(r.span.parent_span_id == rpc.span.span_id for r in store)
-    assert {r.attributes()["db.system.name"] for r in store} == {"sqlite"}
+    dialect = DatabaseUrl.parse(world.stack.db_url).dialect
+    assert {r.attributes()["db.system.name"] for r in store} == {dialect}
     assert {"store.record_login", "store.get_project"} <= {r.span.name for r in store}
     assert _descends(cognito, rpc, spans) and cognito.attributes()["rpc.system"] == "aws-api"
     assert _descends(jwks, rpc, spans)
@@ -246,14 +257,14 @@ def test_one_rest_login_is_one_trace_through_envoy_the_server_the_store_and_upst
             },
             headers={"traceparent": traceparent},
         )
-    found = world.receiver.trace(
-        trace_id, lambda found: any(r.service == "identify-test-edge" for r in found)
-    )
+    found = world.receiver.trace(trace_id, _complete("identify.v1.Identify/CheckUserNonstandard"))
     [edge] = [r for r in found if r.service == "identify-test-edge"]
     assert edge.span.name == "GET /user/check/nonstandard"
     assert edge.attributes()["http.url"] == "/user/check/nonstandard"
 
     secret = [
+        email,
+        session["userId"],
         PASSWORD,
         QUERY_SECRET,
         session["accessToken"],
@@ -272,16 +283,20 @@ def test_one_rest_login_is_one_trace_through_envoy_the_server_the_store_and_upst
         assert not [text for text in texts if value in text], "a secret is in a span"
 
 
+@pytest.fixture
+def no_otel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OTEL_* of the developer's shell: only what a test sets."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+
+
 def _connection_manager(config: str) -> dict[str, Any]:
     [listener] = yaml.safe_load(config)["static_resources"]["listeners"]
     return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
 
 
-def test_without_otel_variables_nothing_traces(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in [n for n in os.environ if n.startswith("OTEL_")]:
-        monkeypatch.delenv(name)
+@pytest.mark.usefixtures("no_otel")
+def test_without_otel_variables_nothing_traces(tmp_path_factory: pytest.TempPathFactory) -> None:
     off = identify_cli("envoy-config")
     assert off.returncode == 0, off.stderr
     assert "tracing" not in _connection_manager(off.stdout)
@@ -316,3 +331,65 @@ def test_without_otel_variables_nothing_traces(
     # `identify up` imports the servicer too; the second time is the server's.
     assert len(re.findall(r"\|\s+server\.servicer$", log, re.MULTILINE)) == 2
     assert "opentelemetry" not in log
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "otlp"},
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otel.example.com:4317",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=k%20ey,tenant=t",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        },
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector.example.com:4318",
+        },
+    ],
+    ids=["default-endpoint", "grpc-tls-headers-ratio", "http-protobuf"],
+)
+@pytest.mark.usefixtures("no_otel")
+def test_envoy_accepts_the_tracer_it_is_given(env: dict[str, str], tmp_path: pathlib.Path) -> None:
+    rendered = identify_cli("envoy-config", env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    config = tmp_path / "envoy.yaml"
+    config.write_text(rendered.stdout)
+    checked = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tracing = _connection_manager(rendered.stdout)["tracing"]
+    exporter = tracing["provider"]["typed_config"]
+    if "OTEL_EXPORTER_OTLP_PROTOCOL" in env:
+        assert exporter["http_service"]["http_uri"]["uri"] == (
+            "http://collector.example.com:4318/v1/traces"
+        )
+    else:
+        assert "grpc_service" in exporter
+    if "OTEL_TRACES_SAMPLER_ARG" in env:
+        assert tracing["random_sampling"] == {"value": 25.0}
+        assert exporter["grpc_service"]["initial_metadata"] == [
+            {"key": "api-key", "value": "k ey"},
+            {"key": "tenant", "value": "t"},
+        ]
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER=zipkin"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/json"),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "jaeger_remote"}, "jaeger_remote"),
+    ],
+    ids=["exporter", "protocol", "sampler"],
+)
+@pytest.mark.usefixtures("no_otel")
+def test_a_trace_setting_it_cannot_honour_stops_the_start(env: dict[str, str], said: str) -> None:
+    refused = identify_cli("envoy-config", env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert said in refused.stderr
