@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from identify.v1 import identify_pb2, identify_pb2_grpc
 
 from providers.registry import Registry
+from server import tracing
 from server.abuse.counters import RateLimits, storage_for
 from server.abuse.guard import Guard
 from server.abuse.lockout import Lockout
@@ -72,6 +73,7 @@ class Service:
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
             follow_redirects=False,
         )
+        self.tracing = tracing.start(http=self.http, database=database)
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="blocking")
         self.projects = ProjectCache(
             database, self.registry, self._context_for, ttl=settings.project_cache_ttl
@@ -123,8 +125,12 @@ class Service:
         # The schema was checked by bootstrap (serve) or by the supervisor
         # (up) before this process started; workers skip alembic entirely.
         await self.keys.signer()
+        interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor()]
+        if self.tracing is not None:
+            # Inside the access log's, so the call's Call is there to read.
+            interceptors.append(self.tracing.interceptor)
         server = grpc.aio.server(
-            interceptors=[AccessLogInterceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 1 << 20),
                 # Envoy passes up to 60 KiB of headers; gRPC's defaults (8 KiB
@@ -189,6 +195,8 @@ class Service:
         await self.http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
         await self.database.dispose()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 async def serve(

@@ -1,8 +1,8 @@
 """Renders the Envoy edge config from envoy/envoy.yaml.
 
 The template stays plain YAML so operators can read it; only ports, paths,
-backends, the probe header, the sign-in rate limit and the local-reply
-table are filled in here."""
+backends, the probe header, the sign-in rate limit, the local-reply table
+and (when OTEL_* turns traces on) the tracer are filled in here."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server import errors
 from server.abuse.policy import rate_limits_off
+from server.tracing import edge as tracing_edge
+from server.tracing import settings as tracing_settings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml"
@@ -372,6 +374,22 @@ def _cors(origins: Sequence[str]) -> dict[str, object]:
     }
 
 
+def _tracing(otlp: tracing_settings.Otlp | None) -> dict[str, str]:
+    """The two optional lines: the connection manager's `tracing` and the
+    collector's cluster; left empty (and so dropped) when traces are off."""
+    if otlp is None:
+        return {"tracing": "", "tracing_cluster": ""}
+    return {
+        "tracing": "tracing: " + json.dumps(tracing_edge.connection_manager_tracing(otlp)),
+        "tracing_cluster": "- " + json.dumps(tracing_edge.collector_cluster(otlp)),
+    }
+
+
+# An optional block's placeholder left empty leaves a blank line, dropped
+# (the template itself has none), so the rendered config is as if it never was.
+_EMPTY_LINE = re.compile(r"^[ ]+\n", re.MULTILINE)
+
+
 def render(
     *,
     http_port: int,
@@ -396,7 +414,7 @@ def render(
     ]
     # Any healthy backend keeps the edge healthy; none makes /healthz 503.
     min_healthy = max(0.1, 100.0 / len(backends) - 0.01)
-    return string.Template(TEMPLATE.read_text()).substitute(
+    text = string.Template(TEMPLATE.read_text()).substitute(
         admin_port=admin_port,
         listen_address=listen_address,
         http_port=http_port,
@@ -412,4 +430,7 @@ def render(
         max_request_headers_kb=MAX_REQUEST_HEADERS_KB,
         client_ip_header=CLIENT_IP_HEADER,
         sign_in_rate_limit=json.dumps(_sign_in_rate_limit(rate_limit)),
+        # OTEL_* as the servers read it (they inherit the environment).
+        **_tracing(tracing_settings.from_env()),
     )
+    return _EMPTY_LINE.sub("", text)

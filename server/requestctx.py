@@ -22,6 +22,8 @@ class Call:
     project: str = ""
     provider: str = ""
     reason: str = ""
+    # The call's trace (32 hex digits) when traces are on and it is sampled.
+    trace_id: str = ""
 
 
 call_var: ContextVar[Call | None] = ContextVar("call", default=None)

@@ -10,6 +10,7 @@ import asyncio
 import pathlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,6 +79,9 @@ def _begin_immediate(conn: sa.Connection) -> None:
 
 SQLITE_BUSY_MS = 5
 SQLITE_WRITE_PATIENCE = 10.0
+# Wraps each read or write, given "read" or "write" and the function run:
+# set by server/tracing when traces are on (one span per store operation).
+Observer = Callable[[str, Callable[..., Any]], AbstractContextManager[object]]
 
 
 class Database:
@@ -99,6 +103,7 @@ class Database:
         self.dialect = self.url.dialect
         self._write_lock = asyncio.Lock()
         self._reader: sa.Connection | None = None
+        self.observe: Observer | None = None
         if self.dialect == "sqlite":
             path = self.url.sqlite_path()
             if path is not None:
@@ -129,6 +134,12 @@ class Database:
             )
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
+        if self.observe is not None:
+            with self.observe("read", fn):
+                return await self._read(fn)
+        return await self._read(fn)
+
+    async def _read(self, fn: Callable[[sa.Connection], T]) -> T:
         if self._async is None:
             return self._read_sqlite(fn)
         async with self._async.connect() as aconn:
@@ -148,6 +159,12 @@ class Database:
             raise
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
+        if self.observe is not None:
+            with self.observe("write", fn):
+                return await self._write(fn)
+        return await self._write(fn)
+
+    async def _write(self, fn: Callable[[sa.Connection], T]) -> T:
         if self._async is not None:
             async with self._async.begin() as aconn:
                 return await aconn.run_sync(fn)
