@@ -56,6 +56,9 @@ class JsonFormatter(logging.Formatter):
             entry["provider"] = call.provider or None
             if call.reason:
                 entry["reason"] = call.reason
+            if call.trace_id:
+                # Only when tracing sampled the call: a log line leads to its trace.
+                entry["trace_id"] = call.trace_id
         for name in OUTCOME_FIELDS:
             if name in record.__dict__:
                 entry[name] = record.__dict__[name]
