@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from identify.v1 import identify_pb2
 
 from server import errors
 from server.abuse.policy import rate_limits_off
@@ -372,6 +373,16 @@ def _cors(origins: Sequence[str]) -> dict[str, object]:
     }
 
 
+def _grpc_methods() -> dict[str, object]:
+    """The methods grpc_stats counts one by one: the servers' own."""
+    service = identify_pb2.DESCRIPTOR.services_by_name["Identify"]
+    return {
+        "services": [
+            {"name": service.full_name, "method_names": [m.name for m in service.methods]}
+        ]
+    }
+
+
 def render(
     *,
     http_port: int,
@@ -412,4 +423,5 @@ def render(
         max_request_headers_kb=MAX_REQUEST_HEADERS_KB,
         client_ip_header=CLIENT_IP_HEADER,
         sign_in_rate_limit=json.dumps(_sign_in_rate_limit(rate_limit)),
+        grpc_stats_methods=json.dumps(_grpc_methods()),
     )
