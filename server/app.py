@@ -25,6 +25,7 @@ from server.clock import now
 from server.context import Context
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
+from server.metrics import upstream
 from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
 from server.store import repo
@@ -69,7 +70,9 @@ class Service:
         self.keys = KeyStore(database, issuer=settings.issuer, refresh_every=settings.key_refresh)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=2.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=upstream.transport(
+                httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            ),
             follow_redirects=False,
         )
         self.executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="blocking")

@@ -377,9 +377,7 @@ def _grpc_methods() -> dict[str, object]:
     """The methods grpc_stats counts one by one: the servers' own."""
     service = identify_pb2.DESCRIPTOR.services_by_name["Identify"]
     return {
-        "services": [
-            {"name": service.full_name, "method_names": [m.name for m in service.methods]}
-        ]
+        "services": [{"name": service.full_name, "method_names": [m.name for m in service.methods]}]
     }
 
 
