@@ -18,6 +18,11 @@ RSS_MB = 120.0
 # the same figure with them off, must not drop below this (noise allows ~5 %).
 LIMITS_ON_DB = "sqlite+limits"
 LIMITS_COST_RATIO = 0.90
+# The servers' metrics (issue 13): a profile read's CPU (servers and Envoy,
+# per request) with them on may exceed the same figure with them off by this.
+METRICS_ON_DB = "sqlite+metrics-on"
+METRICS_OFF_DB = "sqlite+metrics-off"
+METRICS_COST = 0.05
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -116,6 +121,18 @@ class Report:
             )
         )
 
+        metered = self.metrics_pairs()
+        out.append(
+            _target(
+                f"(issue 13) metrics cost <= {METRICS_COST:.0%} of a profile read's CPU"
+                " (CPU ms per request, servers and Envoy, on vs off)",
+                metered,
+                [r for r in metered if r["metrics_cost"] > METRICS_COST],
+                lambda r: f"{r['metrics_cost']:+.1%}",
+                lambda r: r["metrics_cost"],
+            )
+        )
+
         failed = [r for r in self.runs if r["non_2xx"] or r["socket_errors"]]
         out.append(
             _target(
@@ -141,6 +158,27 @@ class Report:
         )
         return out
 
+    def metrics_pairs(self) -> list[dict[str, Any]]:
+        """Each metrics-on figure with its metrics-off twin (same scenario and
+        connections): `metrics_cost` is the CPU per request it added."""
+        off = {(r["scenario"], r["connections"]): r for r in self.runs if r["db"] == METRICS_OFF_DB}
+        pairs = []
+        for on in self.runs:
+            twin = off.get((on["scenario"], on["connections"]))
+            if on["db"] != METRICS_ON_DB or twin is None or not twin["cpu_ms_per_request"]:
+                continue
+            cost = on["cpu_ms_per_request"] / twin["cpu_ms_per_request"] - 1
+            pairs.append(
+                {
+                    **on,
+                    "off": twin,
+                    "metrics_cost": round(cost, 4),
+                    "server_cpu_ms_per_request": _server_ms(on),
+                    "off_server_cpu_ms_per_request": _server_ms(twin),
+                }
+            )
+        return pairs
+
     def to_json(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
@@ -149,6 +187,20 @@ class Report:
             "stacks": self.stacks,
             "profiles": self.profiles,
             "disconnect_probes": self.probes,
+            "metrics_on_off": [
+                {
+                    "scenario": p["scenario"],
+                    "connections": p["connections"],
+                    "rps_off": p["off"]["rps"],
+                    "rps_on": p["rps"],
+                    "cpu_ms_per_request_off": p["off"]["cpu_ms_per_request"],
+                    "cpu_ms_per_request_on": p["cpu_ms_per_request"],
+                    "server_cpu_ms_per_request_off": p["off_server_cpu_ms_per_request"],
+                    "server_cpu_ms_per_request_on": p["server_cpu_ms_per_request"],
+                    "metrics_cost": p["metrics_cost"],
+                }
+                for p in self.metrics_pairs()
+            ],
         }
 
     def write(self, directory: pathlib.Path) -> str:
@@ -208,6 +260,27 @@ class Report:
                 lines.append(
                     f"| {s['db']} | {s['workers']} | {p['name']} | {p['peak_rss_mb']:.0f} |"
                 )
+        pairs = self.metrics_pairs()
+        if pairs:
+            lines += [
+                "",
+                "## Metrics on vs off (profile read, sqlite, 1 worker)",
+                "",
+                "Two stacks up side by side, one with `--metrics-port 0`, measured in turn "
+                "(off, then on) at each connection count. Cost: the CPU per request "
+                "(servers and Envoy) metrics on added over off.",
+                "",
+                "| conns | req/s off | req/s on | CPU ms/req off | CPU ms/req on "
+                "| server CPU ms/req off | server CPU ms/req on | cost |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for p in pairs:
+                lines.append(
+                    f"| {p['connections']} | {p['off']['rps']:,.0f} | {p['rps']:,.0f} "
+                    f"| {p['off']['cpu_ms_per_request']:.3f} | {p['cpu_ms_per_request']:.3f} "
+                    f"| {p['off_server_cpu_ms_per_request']:.3f} "
+                    f"| {p['server_cpu_ms_per_request']:.3f} | {p['metrics_cost']:+.1%} |"
+                )
         if self.probes:
             lines += [
                 "",
@@ -264,6 +337,11 @@ class Report:
             "postgresql://postgres@127.0.0.1:5432/postgres, to add PostgreSQL)."
         )
         return "\n".join(lines) + "\n"
+
+
+def _server_ms(run: dict[str, Any]) -> float:
+    cpu = sum(p["cpu_s"] for p in run["processes"] if p["name"].startswith("server"))
+    return round(1000 * cpu / run["requests"], 3) if run["requests"] else 0.0
 
 
 def _where(r: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ report where the thing happens. Labels come from the call being served
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from providers.kit import meter as kit_meter
 from server.metrics import catalog
@@ -50,6 +51,19 @@ def _split(method: str) -> tuple[str, str]:
     return found
 
 
+# (metric, *label values) -> its child: prometheus-client's own lookup takes
+# a lock and checks the values on every call. As bounded as the labels.
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 def finished(code: str, started: float) -> None:
     """One call answered with `code` (a grpc.StatusCode name); `started` is
     its time.perf_counter() on arrival."""
@@ -60,30 +74,30 @@ def finished(code: str, started: float) -> None:
         return
     seconds = time.perf_counter() - started
     service, name = _split(call.method)
-    catalog.RPCS.labels(service, name, code).inc()
-    catalog.RPC_SECONDS.labels(service, name).observe(seconds)
+    _child(catalog.RPCS, service, name, code).inc()
+    _child(catalog.RPC_SECONDS, service, name).observe(seconds)
     result = OK if code == OK else (call.reason or code)
     if call.method == LOGIN:
-        catalog.LOGINS.labels(call.project, call.provider, result).inc()
+        _child(catalog.LOGINS, call.project, call.provider, result).inc()
     elif call.method == CREATE_USER:
-        catalog.SIGN_UPS.labels(call.project, call.provider, result).inc()
+        _child(catalog.SIGN_UPS, call.project, call.provider, result).inc()
     if call.reason:
-        catalog.REFUSALS.labels(call.project, call.provider, name, call.reason).inc()
+        _child(catalog.REFUSALS, call.project, call.provider, name, call.reason).inc()
 
 
 def cache_lookup(cache: str, hit: bool) -> None:
     if _on:
-        catalog.CACHE_LOOKUPS.labels(cache, "hit" if hit else "miss").inc()
+        _child(catalog.CACHE_LOOKUPS, cache, "hit" if hit else "miss").inc()
 
 
 def store_error(kind: str) -> None:
     if _on:
-        catalog.STORE_ERRORS.labels(kind).inc()
+        _child(catalog.STORE_ERRORS, kind).inc()
 
 
 def rate_limited(project: str, action: str, scope: str) -> None:
     if _on:
-        catalog.RATE_LIMITED.labels(project, action, scope).inc()
+        _child(catalog.RATE_LIMITED, project, action, scope).inc()
 
 
 def rate_limit_counter_error() -> None:
@@ -93,7 +107,7 @@ def rate_limit_counter_error() -> None:
 
 def lockout_event(project: str, event: str) -> None:
     if _on:
-        catalog.LOCKOUT_EVENTS.labels(project, event).inc()
+        _child(catalog.LOCKOUT_EVENTS, project, event).inc()
 
 
 def upstream_call(outcome: str, seconds: float) -> None:
@@ -102,8 +116,8 @@ def upstream_call(outcome: str, seconds: float) -> None:
     if not _on:
         return
     provider = _provider(call_var.get())
-    catalog.UPSTREAM_REQUESTS.labels(provider, outcome).inc()
-    catalog.UPSTREAM_SECONDS.labels(provider, outcome).observe(seconds)
+    _child(catalog.UPSTREAM_REQUESTS, provider, outcome).inc()
+    _child(catalog.UPSTREAM_SECONDS, provider, outcome).observe(seconds)
 
 
 def _provider(call: Call | None) -> str:
@@ -117,7 +131,7 @@ class _KitMeter:
         upstream_call(outcome, seconds)
 
     def jwks_fetch(self, ok: bool) -> None:
-        catalog.JWKS_FETCHES.labels(_provider(call_var.get()), "ok" if ok else "failed").inc()
+        _child(catalog.JWKS_FETCHES, _provider(call_var.get()), "ok" if ok else "failed").inc()
 
     def token_cache(self, hit: bool) -> None:
         cache_lookup("verified_token", hit)
