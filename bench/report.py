@@ -159,22 +159,36 @@ class Report:
         return out
 
     def metrics_pairs(self) -> list[dict[str, Any]]:
-        """Each metrics-on figure with its metrics-off twin (same scenario and
-        connections): `metrics_cost` is the CPU per request it added."""
-        off = {(r["scenario"], r["connections"]): r for r in self.runs if r["db"] == METRICS_OFF_DB}
+        """Per scenario and connection count, the metrics-on figures beside the
+        metrics-off ones (each side summed over its rounds): `metrics_cost` is
+        the CPU per request (servers and Envoy) metrics on added over off."""
+        sides: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+        for r in self.runs:
+            if r["db"] in (METRICS_ON_DB, METRICS_OFF_DB):
+                key = (r["scenario"], r["connections"])
+                sides.setdefault(key, {}).setdefault(r["db"], []).append(r)
         pairs = []
-        for on in self.runs:
-            twin = off.get((on["scenario"], on["connections"]))
-            if on["db"] != METRICS_ON_DB or twin is None or not twin["cpu_ms_per_request"]:
+        for (scenario, conns), side in sides.items():
+            on, off = side.get(METRICS_ON_DB), side.get(METRICS_OFF_DB)
+            if not on or not off:
                 continue
-            cost = on["cpu_ms_per_request"] / twin["cpu_ms_per_request"] - 1
+            cpu_on, cpu_off = _cpu_ms_per_request(on), _cpu_ms_per_request(off)
+            if not cpu_off:
+                continue
             pairs.append(
                 {
-                    **on,
-                    "off": twin,
-                    "metrics_cost": round(cost, 4),
-                    "server_cpu_ms_per_request": _server_ms(on),
-                    "off_server_cpu_ms_per_request": _server_ms(twin),
+                    "db": METRICS_ON_DB,
+                    "workers": on[0]["workers"],
+                    "scenario": scenario,
+                    "connections": conns,
+                    "rounds": len(on),
+                    "rps_off": round(sum(r["rps"] for r in off) / len(off), 1),
+                    "rps_on": round(sum(r["rps"] for r in on) / len(on), 1),
+                    "cpu_ms_per_request_off": cpu_off,
+                    "cpu_ms_per_request_on": cpu_on,
+                    "server_cpu_ms_per_request_off": _cpu_ms_per_request(off, servers_only=True),
+                    "server_cpu_ms_per_request_on": _cpu_ms_per_request(on, servers_only=True),
+                    "metrics_cost": round(cpu_on / cpu_off - 1, 4),
                 }
             )
         return pairs
@@ -187,20 +201,7 @@ class Report:
             "stacks": self.stacks,
             "profiles": self.profiles,
             "disconnect_probes": self.probes,
-            "metrics_on_off": [
-                {
-                    "scenario": p["scenario"],
-                    "connections": p["connections"],
-                    "rps_off": p["off"]["rps"],
-                    "rps_on": p["rps"],
-                    "cpu_ms_per_request_off": p["off"]["cpu_ms_per_request"],
-                    "cpu_ms_per_request_on": p["cpu_ms_per_request"],
-                    "server_cpu_ms_per_request_off": p["off_server_cpu_ms_per_request"],
-                    "server_cpu_ms_per_request_on": p["server_cpu_ms_per_request"],
-                    "metrics_cost": p["metrics_cost"],
-                }
-                for p in self.metrics_pairs()
-            ],
+            "metrics_on_off": self.metrics_pairs(),
         }
 
     def write(self, directory: pathlib.Path) -> str:
@@ -267,20 +268,30 @@ class Report:
                 "## Metrics on vs off (profile read, sqlite, 1 worker)",
                 "",
                 "Two stacks up side by side, one with `--metrics-port 0`, measured in turn "
-                "(off, then on) at each connection count. Cost: the CPU per request "
+                "at each connection count (off, on, on, off: drift on the machine cancels "
+                "out), each side summed over its rounds. Cost: the CPU per request "
                 "(servers and Envoy) metrics on added over off.",
                 "",
-                "| conns | req/s off | req/s on | CPU ms/req off | CPU ms/req on "
+                "| conns | rounds | req/s off | req/s on | CPU ms/req off | CPU ms/req on "
                 "| server CPU ms/req off | server CPU ms/req on | cost |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for p in pairs:
                 lines.append(
-                    f"| {p['connections']} | {p['off']['rps']:,.0f} | {p['rps']:,.0f} "
-                    f"| {p['off']['cpu_ms_per_request']:.3f} | {p['cpu_ms_per_request']:.3f} "
-                    f"| {p['off_server_cpu_ms_per_request']:.3f} "
-                    f"| {p['server_cpu_ms_per_request']:.3f} | {p['metrics_cost']:+.1%} |"
+                    f"| {p['connections']} | {p['rounds']} "
+                    f"| {p['rps_off']:,.0f} | {p['rps_on']:,.0f} "
+                    f"| {p['cpu_ms_per_request_off']:.3f} | {p['cpu_ms_per_request_on']:.3f} "
+                    f"| {p['server_cpu_ms_per_request_off']:.3f} "
+                    f"| {p['server_cpu_ms_per_request_on']:.3f} | {p['metrics_cost']:+.1%} |"
                 )
+            read = self.profiles.get("profile_read", {})
+            if "metrics_share" in read:
+                lines += [
+                    "",
+                    f"py-spy, profile read (metrics on): {read['metrics_share']:.1%} of a server's"
+                    " busy time (GIL held) is in metrics code (server/metrics, prometheus_client,"
+                    " providers/kit/meter.py): the cost without the machine's noise.",
+                ]
         if self.probes:
             lines += [
                 "",
@@ -339,9 +350,15 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def _server_ms(run: dict[str, Any]) -> float:
-    cpu = sum(p["cpu_s"] for p in run["processes"] if p["name"].startswith("server"))
-    return round(1000 * cpu / run["requests"], 3) if run["requests"] else 0.0
+def _cpu_ms_per_request(runs: list[dict[str, Any]], *, servers_only: bool = False) -> float:
+    cpu = sum(
+        p["cpu_s"]
+        for r in runs
+        for p in r["processes"]
+        if not servers_only or p["name"].startswith("server")
+    )
+    requests = sum(r["requests"] for r in runs)
+    return round(1000 * cpu / requests, 3) if requests else 0.0
 
 
 def _where(r: dict[str, Any]) -> str:
