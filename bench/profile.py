@@ -97,6 +97,10 @@ _ROOTS = {
 }
 
 
+# Where a frame is metrics code: ours, and the library's.
+_METRICS_CODE = ("(server/metrics/", "(providers/kit/meter.py", "(prometheus_client/")
+
+
 def _package(short: str) -> str:
     """The top-level package or stdlib module of a shortened frame."""
     path = short[short.rfind("(") + 1 : -1]
@@ -114,6 +118,8 @@ class Profile:
     self_time: list[tuple[str, float]]
     ours: list[tuple[str, float]]
     packages: list[tuple[str, float]]
+    # Samples inside metrics code (issue 13), inclusive.
+    metrics_share: float = 0.0
 
     @property
     def gil_busy(self) -> float:
@@ -130,6 +136,7 @@ class Profile:
             "inclusive": rows(self.inclusive),
             "self": rows(self.self_time),
             "our_code_inclusive": rows(self.ours),
+            "metrics_share": round(self.metrics_share, 4),
         }
 
     def text(self, title: str) -> str:
@@ -154,6 +161,7 @@ def summarise(raw: str, seconds: float, top: int = 30) -> Profile:
     inclusive: collections.Counter[str] = collections.Counter()
     self_time: collections.Counter[str] = collections.Counter()
     total = 0
+    metered = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -164,6 +172,8 @@ def summarise(raw: str, seconds: float, top: int = 30) -> Profile:
         if not frames:
             continue
         total += n
+        if any(code in f for f in frames for code in _METRICS_CODE):
+            metered += n
         self_time[frames[-1]] += n
         for frame in set(frames):
             if frame.split(" (", 1)[0] not in _ROOTS:
@@ -185,4 +195,5 @@ def summarise(raw: str, seconds: float, top: int = 30) -> Profile:
         share(self_time, top),
         share(ours, top),
         share(packages, 15),
+        metered / total if total else 0.0,
     )

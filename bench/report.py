@@ -18,6 +18,11 @@ RSS_MB = 120.0
 # the same figure with them off, must not drop below this (noise allows ~5 %).
 LIMITS_ON_DB = "sqlite+limits"
 LIMITS_COST_RATIO = 0.90
+# The servers' metrics (issue 13): a profile read's CPU (servers and Envoy,
+# per request) with them on may exceed the same figure with them off by this.
+METRICS_ON_DB = "sqlite+metrics-on"
+METRICS_OFF_DB = "sqlite+metrics-off"
+METRICS_COST = 0.05
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
@@ -116,6 +121,18 @@ class Report:
             )
         )
 
+        metered = self.metrics_pairs()
+        out.append(
+            _target(
+                f"(issue 13) metrics cost <= {METRICS_COST:.0%} of a profile read's CPU"
+                " (CPU ms per request, servers and Envoy, on vs off)",
+                metered,
+                [r for r in metered if r["metrics_cost"] > METRICS_COST],
+                lambda r: f"{r['metrics_cost']:+.1%}",
+                lambda r: r["metrics_cost"],
+            )
+        )
+
         failed = [r for r in self.runs if r["non_2xx"] or r["socket_errors"]]
         out.append(
             _target(
@@ -141,6 +158,41 @@ class Report:
         )
         return out
 
+    def metrics_pairs(self) -> list[dict[str, Any]]:
+        """Per scenario and connection count, the metrics-on figures beside the
+        metrics-off ones (each side summed over its rounds): `metrics_cost` is
+        the CPU per request (servers and Envoy) metrics on added over off."""
+        sides: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+        for r in self.runs:
+            if r["db"] in (METRICS_ON_DB, METRICS_OFF_DB):
+                key = (r["scenario"], r["connections"])
+                sides.setdefault(key, {}).setdefault(r["db"], []).append(r)
+        pairs = []
+        for (scenario, conns), side in sides.items():
+            on, off = side.get(METRICS_ON_DB), side.get(METRICS_OFF_DB)
+            if not on or not off:
+                continue
+            cpu_on, cpu_off = _cpu_ms_per_request(on), _cpu_ms_per_request(off)
+            if not cpu_off:
+                continue
+            pairs.append(
+                {
+                    "db": METRICS_ON_DB,
+                    "workers": on[0]["workers"],
+                    "scenario": scenario,
+                    "connections": conns,
+                    "rounds": len(on),
+                    "rps_off": round(sum(r["rps"] for r in off) / len(off), 1),
+                    "rps_on": round(sum(r["rps"] for r in on) / len(on), 1),
+                    "cpu_ms_per_request_off": cpu_off,
+                    "cpu_ms_per_request_on": cpu_on,
+                    "server_cpu_ms_per_request_off": _cpu_ms_per_request(off, servers_only=True),
+                    "server_cpu_ms_per_request_on": _cpu_ms_per_request(on, servers_only=True),
+                    "metrics_cost": round(cpu_on / cpu_off - 1, 4),
+                }
+            )
+        return pairs
+
     def to_json(self) -> dict[str, Any]:
         return {
             "meta": self.meta,
@@ -149,6 +201,7 @@ class Report:
             "stacks": self.stacks,
             "profiles": self.profiles,
             "disconnect_probes": self.probes,
+            "metrics_on_off": self.metrics_pairs(),
         }
 
     def write(self, directory: pathlib.Path) -> str:
@@ -208,6 +261,37 @@ class Report:
                 lines.append(
                     f"| {s['db']} | {s['workers']} | {p['name']} | {p['peak_rss_mb']:.0f} |"
                 )
+        pairs = self.metrics_pairs()
+        if pairs:
+            lines += [
+                "",
+                "## Metrics on vs off (profile read, sqlite, 1 worker)",
+                "",
+                "Two stacks up side by side, one with `--metrics-port 0`, measured in turn "
+                "at each connection count (off, on, on, off: drift on the machine cancels "
+                "out), each side summed over its rounds. Cost: the CPU per request "
+                "(servers and Envoy) metrics on added over off.",
+                "",
+                "| conns | rounds | req/s off | req/s on | CPU ms/req off | CPU ms/req on "
+                "| server CPU ms/req off | server CPU ms/req on | cost |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for p in pairs:
+                lines.append(
+                    f"| {p['connections']} | {p['rounds']} "
+                    f"| {p['rps_off']:,.0f} | {p['rps_on']:,.0f} "
+                    f"| {p['cpu_ms_per_request_off']:.3f} | {p['cpu_ms_per_request_on']:.3f} "
+                    f"| {p['server_cpu_ms_per_request_off']:.3f} "
+                    f"| {p['server_cpu_ms_per_request_on']:.3f} | {p['metrics_cost']:+.1%} |"
+                )
+            read = self.profiles.get("profile_read", {})
+            if "metrics_share" in read:
+                lines += [
+                    "",
+                    f"py-spy, profile read (metrics on): {read['metrics_share']:.1%} of a server's"
+                    " busy time (GIL held) is in metrics code (server/metrics, prometheus_client,"
+                    " providers/kit/meter.py): the cost without the machine's noise.",
+                ]
         if self.probes:
             lines += [
                 "",
@@ -264,6 +348,17 @@ class Report:
             "postgresql://postgres@127.0.0.1:5432/postgres, to add PostgreSQL)."
         )
         return "\n".join(lines) + "\n"
+
+
+def _cpu_ms_per_request(runs: list[dict[str, Any]], *, servers_only: bool = False) -> float:
+    cpu = sum(
+        p["cpu_s"]
+        for r in runs
+        for p in r["processes"]
+        if not servers_only or p["name"].startswith("server")
+    )
+    requests = sum(r["requests"] for r in runs)
+    return round(1000 * cpu / requests, 3) if requests else 0.0
 
 
 def _where(r: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import load, procstat, profile, report, scenarios, stacks
 from bench.report import Report
@@ -40,6 +41,10 @@ PROFILED = ("anonymous_login", "profile_read")
 PROBE_TIMEOUT_S = 12.0
 # The db label of the figure measured with the rate limits on.
 LIMITS_ON_DB = report.LIMITS_ON_DB
+METRICS_ON_DB, METRICS_OFF_DB = report.METRICS_ON_DB, report.METRICS_OFF_DB
+# Off, on, on, off: a machine getting busier or quieter meanwhile weighs on
+# both sides alike.
+METRICS_ROUNDS = (METRICS_OFF_DB, METRICS_ON_DB, METRICS_ON_DB, METRICS_OFF_DB)
 
 
 def _cpu_model() -> str:
@@ -82,14 +87,18 @@ class Bench:
         )
 
     def measure(
-        self, running: stacks.Running, db: str, workers: int, scenario: scenarios.Scenario
+        self,
+        running: stacks.Running,
+        db: str,
+        workers: int,
+        scenario: scenarios.Scenario,
+        connections: list[int] | None = None,
     ) -> None:
+        connections = connections or self.args.connections
         scenarios.verify(running.base_url, scenario)
         if self.args.warmup > 0:
-            self.generator.run(
-                self.spec(running, scenario, max(self.args.connections), self.args.warmup)
-            )
-        for conns in self.args.connections:
+            self.generator.run(self.spec(running, scenario, max(connections), self.args.warmup))
+        for conns in connections:
             for proc in running.processes:
                 proc.begin()
             busy = procstat.machine_busy_seconds()
@@ -184,6 +193,7 @@ class Bench:
                 self.service(world, "sqlite", workers, None, issuer)
                 if workers == 1 and "profile_read" in self.args.scenarios:
                     self.profile_read_with_limits(world, issuer)
+                    self.profile_read_metrics_on_off(world, issuer)
                 if pg_server:
                     self.service(world, "postgresql", workers, pg_server, issuer)
         finally:
@@ -242,6 +252,28 @@ class Bench:
             [read] = [s for s in world.scenarios(running.base_url) if s.name == "profile_read"]
             self.measure(running, LIMITS_ON_DB, 1, read)
 
+    def profile_read_metrics_on_off(self, world: scenarios.World, issuer: FakeIssuer) -> None:
+        """The profile read with the servers' metrics on and off: two stacks
+        up side by side, measured in turn (METRICS_ROUNDS) at each connection
+        count, so both sides meet the same machine."""
+        config = scenarios.config(issuer)
+        with contextlib.ExitStack() as both:
+            pair = {}
+            for db, on in ((METRICS_OFF_DB, False), (METRICS_ON_DB, True)):
+                tmp = self.workdir / db
+                db_url = both.enter_context(_database(tmp, None))
+                running, _stack = both.enter_context(
+                    stacks.service(tmp, config, db_url=db_url, workers=1, metrics=on)
+                )
+                [read] = [s for s in world.scenarios(running.base_url) if s.name == "profile_read"]
+                pair[db] = (running, read)
+            for conns in self.args.connections:
+                for db in METRICS_ROUNDS:
+                    running, read = pair[db]
+                    self.measure(running, db, 1, read, connections=[conns])
+            on_running, _ = pair[METRICS_ON_DB]
+            _check_counted(on_running, self.report.runs)
+
     def disconnect_probe(
         self, running: stacks.Running, db: str, workers: int, scenario: scenarios.Scenario
     ) -> None:
@@ -278,6 +310,21 @@ class Bench:
             status or "timed out",
             (time.monotonic() - started) * 1000,
         )
+
+
+def _check_counted(running: stacks.Running, runs: list[dict[str, object]]) -> None:
+    """The 'on' stack really counted its calls (else on vs off compares
+    nothing): its scrape shows at least the GetUser calls measured."""
+    text = httpx.get(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10).text
+    counted = sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "identify_rpcs_total" and sample.labels.get("grpc_method") == "GetUser"
+    )
+    measured = sum(int(str(r["requests"])) for r in runs if r["db"] == METRICS_ON_DB)
+    if counted < measured:
+        raise RuntimeError(f"metrics on counted {counted} GetUser calls of {measured} measured")
 
 
 @contextlib.contextmanager

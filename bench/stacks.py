@@ -42,6 +42,8 @@ class Running:
     port: int
     processes: list[procstat.Watched]
     stop: Any = field(repr=False)
+    # The scrape endpoint's port; 0 when metrics are off (and for the ceiling).
+    metrics_port: int = 0
 
     @property
     def base_url(self) -> str:
@@ -76,7 +78,10 @@ def service(
     db_url: str,
     workers: int,
     env: Mapping[str, str] | None = None,
+    metrics: bool = True,
 ) -> Iterator[tuple[Running, Stack]]:
+    """`identify up`, its metrics on (a free port, as in production they
+    are on by default) unless `metrics` is False (--metrics-port 0)."""
     stack = start_stack(
         tmp,
         config,
@@ -84,6 +89,7 @@ def service(
         workers=workers,
         env={**SERVICE_ENV, **(env or {})},
         extra_args=NO_EDGE_LIMIT,
+        metrics_port=None if metrics else 0,
     )
     try:
         processes = _watch_children(stack.proc.pid)
@@ -91,7 +97,10 @@ def service(
         if found != workers or not any(p.name == "envoy" for p in processes):
             raise RuntimeError(f"expected {workers} servers and envoy, found {processes}")
         host, _, port = stack.http.removeprefix("http://").partition(":")
-        yield Running(host, int(port), processes, stop=stack.stop), stack
+        yield (
+            Running(host, int(port), processes, stop=stack.stop, metrics_port=stack.metrics_port),
+            stack,
+        )
     finally:
         code = stack.stop()
         if code != 0:

@@ -26,6 +26,7 @@ from server.clock import now
 from server.context import Context
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
+from server.metrics import upstream
 from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
 from server.store import repo
@@ -70,7 +71,9 @@ class Service:
         self.keys = KeyStore(database, issuer=settings.issuer, refresh_every=settings.key_refresh)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(5.0, connect=2.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=upstream.transport(
+                httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            ),
             follow_redirects=False,
         )
         self.tracing = tracing.start(http=self.http, database=database)

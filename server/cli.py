@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 from providers.registry import Registry
 from server import config as config_mod
-from server import edge, logs
+from server import edge, logs, metrics
 from server.abuse.policy import RATE_LIMITS_ENV
 from server.app import ListenError, Service, Settings, serve
 from server.bootstrap import bootstrap
+from server.metrics import exposition
 from server.store import db
 
 log = logging.getLogger("identify")
@@ -84,6 +85,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = _db_url(args)
     projects = _load_projects(_config_path(args))
 
+    # Under `identify up` the supervisor names the directory every process
+    # writes its samples to, and serves their sums itself.
+    if args.metrics_port or os.environ.get(exposition.MULTIPROC_ENV):
+        metrics.enable()
+    if args.metrics_port:
+        exposition.serve_own(args.metrics_port)
+
     async def main() -> None:
         if not args.no_bootstrap:
             await _bootstrap(url, projects, args.migrate)
@@ -113,6 +121,13 @@ def _banner(
     ]
     if admin is not None:
         lines.append(f"  envoy admin  http://{admin}   (stats, clusters)")
+    if args.metrics_port:
+        lines.append(
+            f"  metrics      http://{exposition.HOST}:{args.metrics_port}{exposition.PATH}"
+            "   (Envoy and every server process, for Prometheus)"
+        )
+    else:
+        lines.append("  metrics      off (--metrics-port 0)")
     for project in projects:
         names = ", ".join(project.providers)
         lines.append(f"  project      {project.name}  {project.id}  providers: {names}")
@@ -184,10 +199,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         cors_origins=_cors_origins(args),
         rate_limit=_rate_limit(args),
         trusted_proxies=args.trusted_proxies,
+        metrics_port=args.metrics_port,
     )
     # Before any child exists: a Ctrl-C while starting stops them in order too.
     supervisor.catch_stop_signals()
-    supervisor.start()
+    try:
+        supervisor.start()
+    except exposition.PortTaken:
+        supervisor.shutdown()
+        raise
     problem = supervisor.wait_until_serving(timeout=args.start_timeout)
     if supervisor.stop_requested:
         supervisor.shutdown()
@@ -257,6 +277,13 @@ def cmd_rotate_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="identify", description="Identify identity service")
     _log_options(parser, os.environ.get("IDENTIFY_LOG_LEVEL", "info"), _env_log_format())
@@ -304,11 +331,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen-address", default="127.0.0.1", help="address Envoy listens on")
     up.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
     up.add_argument("--start-timeout", type=float, default=30.0)
+    up.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=exposition.DEFAULT_PORT,
+        metavar="N",
+        help=f"Prometheus scrape endpoint on {exposition.HOST}:N{exposition.PATH}: Envoy's stats"
+        f" and every server process's metrics (default {exposition.DEFAULT_PORT}; 0: off)",
+    )
     edge_policy(up)
     up.set_defaults(func=cmd_up)
 
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
     common(srv)
+    srv.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=0,
+        metavar="N",
+        help=f"this process's metrics on {exposition.HOST}:N{exposition.PATH} (default 0: off)",
+    )
     srv.add_argument("--no-bootstrap", action="store_true", help=argparse.SUPPRESS)
     srv.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     srv.set_defaults(func=cmd_serve)
@@ -370,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_mod.ConfigError, db.SchemaError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    except ListenError as exc:
+    except (ListenError, exposition.PortTaken) as exc:
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:

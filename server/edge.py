@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from identify.v1 import identify_pb2
 
 from server import errors
 from server.abuse.policy import rate_limits_off
@@ -390,6 +391,14 @@ def _tracing(otlp: tracing_settings.Otlp | None) -> dict[str, str]:
 _EMPTY_LINE = re.compile(r"^[ ]+\n", re.MULTILINE)
 
 
+def _grpc_methods() -> dict[str, object]:
+    """The methods grpc_stats counts one by one: the servers' own."""
+    service = identify_pb2.DESCRIPTOR.services_by_name["Identify"]
+    return {
+        "services": [{"name": service.full_name, "method_names": [m.name for m in service.methods]}]
+    }
+
+
 def render(
     *,
     http_port: int,
@@ -432,5 +441,6 @@ def render(
         sign_in_rate_limit=json.dumps(_sign_in_rate_limit(rate_limit)),
         # OTEL_* as the servers read it (they inherit the environment).
         **_tracing(tracing_settings.from_env()),
+        grpc_stats_methods=json.dumps(_grpc_methods()),
     )
     return _EMPTY_LINE.sub("", text)

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from providers.values import ProviderError
+from server import metrics
 from server.projects import ProviderSetupError
 from server.requestctx import call_var
 
@@ -97,6 +98,8 @@ def to_status(exc: BaseException, request_id: str) -> grpc.Status:
             request_id=request_id,
         )
     failure = store_failure(exc)
+    if failure is not None:
+        metrics.store_error(failure)
     if failure == "unavailable":
         # The engines hide SQL parameters, so the text carries no user data.
         log.warning("store unavailable request_id=%s", request_id, exc_info=exc)

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from providers.values import InvalidArgument
-from server import errors
+from server import errors, metrics
 from server.requestctx import Call, call_var
 
 log = logging.getLogger("identify.access")
@@ -115,6 +115,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                         # The same, as fields of a JSON line (server/logs.py).
                         extra={"status": code, "duration_ms": round(elapsed, 1)},
                     )
+                metrics.finished(code, started)
                 call_var.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(

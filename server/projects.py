@@ -19,6 +19,7 @@ from typing import Any
 from providers.base import Provider
 from providers.registry import Registry
 from providers.values import Project
+from server import metrics
 from server.abuse.policy import Limits, parse_limits
 from server.config import ConfigError, resolve_env
 from server.store import repo
@@ -74,9 +75,12 @@ class ProjectCache:
         entry = self._entries.get(project_id)
         clock = time.monotonic()
         if isinstance(entry, LoadedProject) and clock - entry.loaded_at < self._ttl:
+            metrics.cache_lookup("project", hit=True)
             return entry
         if isinstance(entry, float) and clock - entry < self._negative_ttl:
+            metrics.cache_lookup("project", hit=True)
             return None
+        metrics.cache_lookup("project", hit=False)
         lock = self._locks.setdefault(project_id, asyncio.Lock())
         async with lock:
             entry = self._entries.get(project_id)

@@ -21,6 +21,7 @@ import http.client
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import envoy
 from server import edge, logs
+from server.metrics import exposition
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -124,8 +126,18 @@ class Supervisor:
         trusted_proxies: int = 0,
         envoy_log_level: str = "warning",
         log_format: str = "text",
+        metrics_port: int = 0,
     ) -> None:
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-edge-"))
+        # 0: no scrape endpoint, and the server processes count nothing.
+        self.metrics_port = metrics_port
+        self.metrics_dir: pathlib.Path | None = None
+        worker_env = dict(worker_env or {})
+        if metrics_port:
+            self.metrics_dir = self._workdir / "metrics"
+            self.metrics_dir.mkdir()
+            worker_env[exposition.MULTIPROC_ENV] = str(self.metrics_dir)
+        self._metrics: exposition.Endpoint | None = None
         config_path = self._workdir / "envoy.yaml"
         config_path.write_text(
             edge.render(
@@ -140,7 +152,7 @@ class Supervisor:
         self.http_port = http_port
         self.listen_address = listen_address
         self.workers = [
-            Child(f"server-{i}", list(argv), address=_address(b), env=dict(worker_env or {}))
+            Child(f"server-{i}", list(argv), address=_address(b), env=worker_env)
             for i, (argv, b) in enumerate(zip(worker_argv, backends, strict=True))
         ]
         self.envoy = Child(
@@ -185,6 +197,13 @@ class Supervisor:
         return self._stop_signal != 0
 
     def start(self) -> None:
+        """Start every child; the metrics port is taken first, so a port in
+        use fails the start (exposition.PortTaken) before any child runs."""
+        if self.metrics_dir is not None:
+            self._metrics = exposition.Endpoint(
+                self.metrics_port, self.metrics_dir, self.admin_address
+            )
+            self._metrics.start()
         for child in self.workers:
             child.start()
         self.envoy.start()
@@ -257,6 +276,8 @@ class Supervisor:
 
     def _restart(self, child: Child, now: float) -> None:
         if child.note_death(now):
+            if self.metrics_dir is not None and child.proc is not None:
+                exposition.process_dead(child.proc.pid, self.metrics_dir)
             delay = child.backoff.delay
             later = f" in {delay:g}s" if delay else ""
             log.warning("%s exited with %s; restarting it%s", child.name, child.exit_code(), later)
@@ -293,9 +314,9 @@ class Supervisor:
         if self.envoy.alive() and self.envoy.proc and not self._quit_envoy():
             self.envoy.proc.send_signal(signal.SIGTERM)
         _wait(self.envoy, time.monotonic() + 5)
-        for path in self._workdir.iterdir():
-            path.unlink()
-        self._workdir.rmdir()
+        if self._metrics is not None:
+            self._metrics.close()
+        shutil.rmtree(self._workdir, ignore_errors=True)
 
     def _quit_envoy(self) -> bool:
         # The admin endpoint stops Envoy just as SIGTERM does, without the

@@ -66,8 +66,14 @@ class Stack:
     config_path: pathlib.Path
     log_path: pathlib.Path
     proc: subprocess.Popen[bytes]
+    # `identify up --metrics-port`; 0 when metrics are off.
+    metrics_port: int = 0
     _log: Any = field(repr=False, default=None)
     terminal: Terminal | None = field(repr=False, default=None)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.http, timeout=10, **kwargs)
@@ -143,15 +149,20 @@ def start_stack(
     extra_args: Sequence[str] = (),
     timeout: float = 40,
     terminal: bool = False,
+    metrics_port: int | None = None,
 ) -> Stack:
     """`identify up`, its output (stdout and stderr together) in a log file;
-    with `terminal`, written to a pseudo-terminal as `make run` is."""
+    with `terminal`, written to a pseudo-terminal as `make run` is. Metrics
+    on a free port unless `metrics_port` says (0: off), so parallel stacks
+    never meet on the default 9090."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     config_path = tmp_dir / "identify.yaml"
     config_path.write_text(yaml.safe_dump(dict(config)))
     db_url = db_url or f"sqlite:///{tmp_dir / 'identify.db'}"
     http_port = free_port()
     grpc_base = free_port_block(workers)
+    if metrics_port is None:
+        metrics_port = free_port()
     log_path = tmp_dir / f"stack-{http_port}.log"
     tty = Terminal(log_path) if terminal else None
     log = None if tty else log_path.open("wb")
@@ -183,6 +194,8 @@ def start_stack(
             str(grpc_base),
             "--workers",
             str(workers),
+            "--metrics-port",
+            str(metrics_port),
             *extra_args,
         ],
         cwd=ROOT,
@@ -200,6 +213,7 @@ def start_stack(
         config_path=config_path,
         log_path=log_path,
         proc=proc,
+        metrics_port=metrics_port,
         _log=log,
         terminal=tty,
     )

@@ -12,14 +12,16 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import time
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
 from providers.base import ProviderContext
-from providers.cognito.errors import translate
+from providers.cognito.errors import request_outcome, translate
 from providers.cognito.settings import CognitoSettings
+from providers.kit.meter import meter, upstream_outcome
 
 # Requests to Cognito run in the context's thread pool; enough pooled
 # connections that concurrent calls do not open and drop extra ones.
@@ -48,11 +50,16 @@ class CognitoApi:
         """Run one client method; every failure becomes a domain error chosen
         by the table in cognito_errors for `operation`."""
         client = await self._get_client()
+        started = time.perf_counter()
         try:
             result: dict[str, Any] = await self._ctx.run_blocking(getattr(client, method), **params)
         except Exception as exc:  # botocore raises many unrelated classes
+            sent = request_outcome(exc)
+            if sent is not None:
+                meter().upstream_call(sent, time.perf_counter() - started)
             # `from None`: the chained botocore error quotes Cognito's text.
             raise translate(exc, operation) from None
+        meter().upstream_call(upstream_outcome(200), time.perf_counter() - started)
         return result
 
     async def _get_client(self) -> Any:

@@ -30,6 +30,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from providers.kit.meter import ERROR, TIMEOUT, UNREACHABLE, upstream_outcome
 from providers.values import (
     AlreadyExists,
     FailedPrecondition,
@@ -205,6 +206,23 @@ TABLE: Final[dict[tuple[str, str | None], Rule]] = {
 
 def rule_for(code: str, operation: str) -> Rule | None:
     return TABLE.get((code, operation)) or TABLE.get((code, None))
+
+
+def request_outcome(exc: Exception) -> str | None:
+    """How a boto3 call that raised went, as an upstream-request outcome
+    (providers/kit/meter.py); None when no request left (botocore refused
+    the parameters, or found no credentials, before sending)."""
+    if isinstance(exc, ClientError):
+        response: dict[str, Any] = dict(exc.response)
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return upstream_outcome(status) if isinstance(status, int) else ERROR
+    if isinstance(exc, ConnectTimeoutError | ReadTimeoutError):
+        return TIMEOUT
+    if isinstance(exc, EndpointConnectionError | BotoConnectionError | HTTPClientError):
+        return UNREACHABLE
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ParamValidationError):
+        return None
+    return ERROR
 
 
 def translate(exc: Exception, operation: str) -> ProviderError:

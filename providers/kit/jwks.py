@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from providers.kit.http import guarded, json_or_none
+from providers.kit.meter import meter
 from providers.values import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
@@ -212,8 +213,10 @@ class JwksCache:
             keys = _parse_set(resp)
         except Unavailable:
             self._last_failed = True
+            meter().jwks_fetch(ok=False)
             raise
         self._last_failed = False
+        meter().jwks_fetch(ok=True)
         # Keys already parsed keep their objects: parsing costs more than comparing.
         merged = {
             kid: (self._keys[kid] if kid in self._keys and self._keys[kid].jwk == k.jwk else k)

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from providers.kit.http import guarded, json_object
 from providers.kit.jwks import JwksCache, VerificationKey
+from providers.kit.meter import meter
 from providers.kit.settings import SettingsError, SettingsReader, check_url
 from providers.kit.tokens import MAX_TOKEN_CHARS
 from providers.values import Unauthenticated, Unavailable
@@ -170,8 +171,10 @@ class JwtVerifier:
             claims, exp = hit
             if now <= exp + self.config.leeway:
                 self._verified.move_to_end(token)
+                meter().token_cache(hit=True)
                 return claims
             del self._verified[token]
+        meter().token_cache(hit=False)
 
         header = self._header(token)
         alg = header.get("alg")

@@ -19,19 +19,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from providers.values import Action, ResourceExhausted
+from server import metrics
 from server.abuse.policy import Limits
 
 log = logging.getLogger(__name__)
-
-# Refusals and counter failures, by action, for the metrics to come.
-events: Counter[str] = Counter()
 
 
 def storage_for(redis_url: str | None) -> Storage:
@@ -58,7 +55,7 @@ class RateLimits:
         for item, keys, whose in checks:
             if item is not None and not await self._hit(item, keys):
                 wait = await self._wait(item, keys)
-                events[f"{action.value}.{whose}.limited"] += 1
+                metrics.rate_limited(project_id, action.value, whose)
                 log.warning(
                     "rate limited project=%s action=%s limit=%s per %s",
                     project_id,
@@ -77,7 +74,7 @@ class RateLimits:
         try:
             return await self._limiter.hit(item, *keys)
         except Exception:  # any storage failure: admit, say so once per call
-            events["counter.errors"] += 1
+            metrics.rate_limit_counter_error()
             log.warning("rate-limit counters unavailable; admitting the call", exc_info=True)
             return True
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
 from providers.values import ProviderError, ResourceExhausted
+from server import metrics
 from server.abuse.policy import LockoutPolicy
 from server.clock import now
 from server.store import repo
@@ -24,9 +24,6 @@ from server.store.db import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Failures counted and locks begun, for the metrics to come.
-events: Counter[str] = Counter()
 
 
 def account_key(provider: str, account: str) -> str:
@@ -55,7 +52,7 @@ class Lockout:
             self._database, project_id, account, fresh_after=fresh_after
         )
         if locked_until > at:
-            events["refused"] += 1
+            metrics.lockout_event(project_id, "refused")
             raise locked(locked_until - at)
         try:
             result = await check()
@@ -70,7 +67,7 @@ class Lockout:
     async def _failed(
         self, policy: LockoutPolicy, project_id: str, account: str, fresh_after: int
     ) -> None:
-        events["failures"] += 1
+        metrics.lockout_event(project_id, "failure")
         count, locked_until = await repo.count_credential_failure(
             self._database,
             project_id,
@@ -80,7 +77,7 @@ class Lockout:
             lock_for=policy.lock_seconds,
         )
         if locked_until:
-            events["locks"] += 1
+            metrics.lockout_event(project_id, "locked")
             # The account is a hash: the log names no email.
             log.warning(
                 "account locked project=%s account=%s failures=%d seconds=%d",
