@@ -27,6 +27,13 @@ from server.tracing import settings as tracing_settings
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR = ROOT / "generated" / "identify.pb"
+# The REST API's OpenAPI document, which `make generate` writes
+# (scripts/openapi.py) and the edge serves itself.
+OPENAPI_DOCUMENT = ROOT / "openapi" / "identify.v1.yaml"
+OPENAPI_PATH = "/openapi.yaml"
+OPENAPI_CONTENT_TYPE = "application/yaml"
+# Answered by Envoy's health_check filter (envoy.yaml).
+HEALTHZ_PATH = "/healthz"
 MAX_BODY_BYTES = 64 * 1024
 # Half the servers' metadata budget (server/app.py MAX_METADATA_BYTES): Envoy
 # answers 431 first, and a 16 KiB token plus the usual headers still fits.
@@ -173,6 +180,11 @@ def _status_filter(status: int) -> dict[str, object]:
     }
 
 
+def _path_reply(status: int, path: str) -> dict[str, object]:
+    at_path = {"header_filter": {"header": {"name": ":path", "string_match": {"exact": path}}}}
+    return {"and_filter": {"filters": [_status_filter(status), at_path]}}
+
+
 _EXTENSIONS = "type.googleapis.com/envoy.extensions."
 
 # A native gRPC call (the transcoder marks the REST calls it turned into
@@ -289,15 +301,23 @@ def _reply_mappers(
 
 
 def _mappers(rate_limit: RateLimit | None) -> list[dict[str, object]]:
-    # The only local 200 is /healthz, answered by the health_check filter.
+    # The two local 200s: /healthz, answered by the health_check filter, and
+    # the OpenAPI document, a direct response whose body is kept as it is.
     mappers: list[dict[str, object]] = [
         {
-            "filter": _status_filter(200),
+            "filter": _path_reply(200, HEALTHZ_PATH),
             "body_format_override": {
                 "json_format": {"status": "SERVING"},
                 "content_type": "application/json",
             },
-        }
+        },
+        {
+            "filter": _path_reply(200, OPENAPI_PATH),
+            "body_format_override": {
+                "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                "content_type": OPENAPI_CONTENT_TYPE,
+            },
+        },
     ]
     invalid_header: dict[str, object] = {
         "and_filter": {"filters": [_status_filter(400), _INVALID_HEADER]}
@@ -407,6 +427,7 @@ def render(
     admin_port: int = 0,
     listen_address: str = "127.0.0.1",
     descriptor: pathlib.Path = DESCRIPTOR,
+    openapi_document: pathlib.Path = OPENAPI_DOCUMENT,
     max_body_bytes: int = MAX_BODY_BYTES,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     trusted_proxies: int = 0,
@@ -428,6 +449,8 @@ def render(
         listen_address=listen_address,
         http_port=http_port,
         descriptor=str(descriptor.resolve()),
+        openapi_document=str(openapi_document.resolve()),
+        openapi_path=OPENAPI_PATH,
         max_body_bytes=max_body_bytes,
         endpoints=json.dumps(endpoints),
         local_reply_mappers=json.dumps(_mappers(rate_limit)),
