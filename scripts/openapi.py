@@ -73,6 +73,9 @@ ERROR_FIELDS = {
     ".google.rpc.RetryInfo": ("retry_delay",),
 }
 RETRY_AFTER_STATUSES = (429, 503)
+# Envoy's refusals of a request it could not read whole (HTTP/1.0, headers
+# too large, too slow): no request id was made for it.
+UNREAD_STATUSES = (408, 426, 431)
 BEARER = "bearerAuth"
 
 _INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -394,6 +397,15 @@ class Schemas:
             schema["description"] = description
         if required:
             schema["required"] = required
+        if REQUEST in roles:
+            # Other fields are ignored, but not every name is another field:
+            # the transcoder refuses an empty one, and reads a field's proto
+            # name as that field (an alias clients need not know).
+            names: JSON = {"minLength": 1}
+            aliases = sorted({f.name for f in message.field} - set(properties))
+            if aliases:
+                names["not"] = {"enum": aliases}
+            schema["propertyNames"] = names
         schema["properties"] = properties
         return schema
 
@@ -516,7 +528,8 @@ class Errors:
 
 
 def _headers(status: int | None = None) -> JSON:
-    headers: JSON = {"x-request-id": {"$ref": "#/components/headers/RequestId"}}
+    request_id = "RequestIdIfRead" if status in UNREAD_STATUSES else "RequestId"
+    headers: JSON = {"x-request-id": {"$ref": f"#/components/headers/{request_id}"}}
     if status in RETRY_AFTER_STATUSES:
         headers["retry-after"] = {"$ref": "#/components/headers/RetryAfter"}
     return headers
@@ -800,6 +813,13 @@ def document(files: descriptor_pb2.FileDescriptorSet) -> JSON:
                 "RequestId": {
                     "description": "The request's id, as in the edge's and the servers' logs.",
                     "required": True,
+                    "schema": {"type": "string"},
+                },
+                "RequestIdIfRead": {
+                    "description": (
+                        "The request's id; absent when the edge refused the request before"
+                        " reading it whole."
+                    ),
                     "schema": {"type": "string"},
                 },
                 "RetryAfter": {
