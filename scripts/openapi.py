@@ -330,18 +330,7 @@ class Schemas:
                 self.components[self.name(full_name)] = self._enum(full_name)
             elif not self.protos.messages[full_name].options.map_entry:
                 self.components[self.name(full_name)] = self._message(full_name, roles)
-        for detail in ERROR_DETAILS:
-            self.components[self._detail_name(detail)] = {
-                "description": f"A `{detail.lstrip('.')}` in `details`.",
-                "allOf": [self.ref(detail)],
-                "type": "object",
-                "required": ["@type"],
-                "properties": {"@type": {"const": _type_url(detail)}},
-            }
         return self.components
-
-    def _detail_name(self, detail: str) -> str:
-        return f"{self.name(detail)}Detail"
 
     def _enum(self, full_name: str) -> JSON:
         enum = self.protos.enums[full_name]
@@ -360,16 +349,15 @@ class Schemas:
             name = self.json_name(f)
             schema = self.field_schema(f, roles)
             if full_name == STATUS and f.name == "details":
+                # Only these travel in `details`, each as an Any: its fields
+                # and its type URL side by side.
                 schema = {
                     "type": "array",
                     "items": {
-                        "oneOf": [self.ref(self._detail_name(d)) for d in ERROR_DETAILS],
+                        "oneOf": [self.ref(d) for d in ERROR_DETAILS],
                         "discriminator": {
                             "propertyName": "@type",
-                            "mapping": {
-                                _type_url(d): f"#/components/schemas/{self._detail_name(d)}"
-                                for d in ERROR_DETAILS
-                            },
+                            "mapping": {_type_url(d): self.ref(d)["$ref"] for d in ERROR_DETAILS},
                         },
                     },
                 }
@@ -386,9 +374,12 @@ class Schemas:
             STATUS_DESCRIPTION if full_name == STATUS else self.protos.comments.get(full_name, "")
         )
         oneofs = [
-            [self.json_name(f) for f in message.field if f.HasField("oneof_index")]
-            for i, decl in enumerate(message.oneof_decl)
-            if not any(f.proto3_optional for f in message.field if f.oneof_index == i)
+            [
+                self.json_name(f)
+                for f in message.field
+                if f.HasField("oneof_index") and f.oneof_index == i and not f.proto3_optional
+            ]
+            for i in range(len(message.oneof_decl))
         ]
         for members in filter(None, oneofs):
             names = ", ".join(f"`{m}`" for m in members)
@@ -406,6 +397,9 @@ class Schemas:
             if aliases:
                 names["not"] = {"enum": aliases}
             schema["propertyNames"] = names
+        if full_name in ERROR_DETAILS:
+            schema["required"] = ["@type", *required]
+            properties = {"@type": {"const": _type_url(full_name)}, **properties}
         schema["properties"] = properties
         return schema
 
