@@ -207,7 +207,9 @@ class ProviderContext(Protocol):
 class Provider(Generic[S]):
     """Base class for identity providers, generic over the provider's parsed
     settings. Override what the provider supports; everything else answers
-    UNIMPLEMENTED with reason OPERATION_NOT_SUPPORTED.
+    INVALID_ARGUMENT with reason OPERATION_NOT_SUPPORTED: the client asked a
+    provider for what it does not offer, which is the request's fault, not
+    an outage (no input a client can send gives a 5xx).
 
     One instance exists per (project, provider settings); it may keep caches
     (JWKS, clients) and must be safe for concurrent calls.
@@ -243,8 +245,8 @@ class Provider(Generic[S]):
     async def aclose(self) -> None:
         """Release what the instance holds (clients, tasks)."""
 
-    def _unsupported(self, what: str) -> NotSupported:
-        return NotSupported(
+    def _unsupported(self, what: str) -> InvalidArgument:
+        return InvalidArgument(
             "OPERATION_NOT_SUPPORTED",
             f"provider {self.name} does not support {what}",
             metadata={"provider": self.name, "operation": what},

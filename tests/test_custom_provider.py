@@ -82,5 +82,5 @@ def test_custom_provider_through_the_edge(stack: Stack) -> None:
             "data": {"hello": "from a plugin", "projectId": PROJECT},
         }
         unsupported = http.post("/v1/user/logout", json={"projectId": PROJECT, "provider": "pin"})
-        assert unsupported.status_code == 501
+        assert unsupported.status_code == 400
         assert error_reason(unsupported.json()) == "OPERATION_NOT_SUPPORTED"

@@ -409,7 +409,7 @@ def test_nologin_bad_app_profile_is_400_and_keeps_old(
             "POST",
             "/v1/user/logout",
             {"json": anon_body(str(uuid.uuid4()))},
-            501,
+            400,
             "OPERATION_NOT_SUPPORTED",
         ),
     ],
