@@ -113,7 +113,7 @@ def _banner(
     lines = [
         "",
         "Identify is up.",
-        f"  REST edge    {base}   (GET /healthz, GET /.well-known/jwks.json)",
+        f"  REST edge    {base}   (GET /healthz, GET /.well-known/jwks.json, GET /openapi.yaml)",
         f"  gRPC         127.0.0.1:{args.http_port} through the edge; "
         + ", ".join(f"{args.host}:{p}" for p in ports)
         + " direct",
