@@ -68,6 +68,9 @@ class Stack:
     proc: subprocess.Popen[bytes]
     _log: Any = field(repr=False, default=None)
     terminal: Terminal | None = field(repr=False, default=None)
+    # The admin API listener (REST base URL and gRPC target).
+    admin_http: str = ""
+    admin_grpc_target: str = ""
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.http, timeout=10, **kwargs)
@@ -151,6 +154,8 @@ def start_stack(
     config_path.write_text(yaml.safe_dump(dict(config)))
     db_url = db_url or f"sqlite:///{tmp_dir / 'identify.db'}"
     http_port = free_port()
+    # Never the default 8081: stacks run side by side.
+    admin_port = free_port()
     grpc_base = free_port_block(workers)
     log_path = tmp_dir / f"stack-{http_port}.log"
     tty = Terminal(log_path) if terminal else None
@@ -183,6 +188,8 @@ def start_stack(
             str(grpc_base),
             "--workers",
             str(workers),
+            "--admin-port",
+            str(admin_port),
             *extra_args,
         ],
         cwd=ROOT,
@@ -202,6 +209,8 @@ def start_stack(
         proc=proc,
         _log=log,
         terminal=tty,
+        admin_http=f"http://127.0.0.1:{admin_port}",
+        admin_grpc_target=f"127.0.0.1:{admin_port}",
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
