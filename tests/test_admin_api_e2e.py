@@ -5,6 +5,7 @@ signing keys."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from identify.v1 import identify_pb2_grpc
 
 from providers.registry import Registry
 from server import config as config_mod
+from server.admin import store as admin_store
+from server.store.db import open_database
 from server.store.schema import admin_keys
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.harness import (
@@ -297,6 +300,40 @@ def test_projects_crud_and_soft_delete_refuses_public_calls_at_once(world: World
     assert world.public.put("/v1/user/login", json=body).status_code == 200
 
 
+def test_a_deleted_project_is_purged_after_its_grace_and_nothing_else(
+    world: World, db_url: str
+) -> None:
+    made = world.admin.post("/admin/v1/projects", json={"providers": {"anonymous": {}}})
+    pid = made.json()["projectId"]
+    world.anonymous(pid)
+    kept = count_rows(db_url, "users") - 1
+    assert world.admin.delete(f"/admin/v1/projects/{pid}").status_code == 200
+    late = int(time.time()) - admin_store.PURGE_GRACE_SECONDS - 1
+    in_store(
+        db_url,
+        lambda c: c.execute(
+            sa.text("UPDATE projects SET deleted_at = :t WHERE project_id = :p"),
+            {"t": late, "p": pid},
+        ),
+        write=True,
+    )
+
+    async def purge() -> int:
+        database = open_database(db_url, pool_size=1)
+        try:
+            # What each server's housekeeping runs every 10 minutes.
+            return await admin_store.purge_deleted_projects(
+                database, deleted_before=int(time.time()) - admin_store.PURGE_GRACE_SECONDS
+            )
+        finally:
+            await database.dispose()
+
+    assert asyncio.run(purge()) == 1
+    refused(world.admin.get(f"/admin/v1/projects/{pid}"), 404, "PROJECT_NOT_FOUND")
+    assert count_rows(db_url, "users") == kept
+    assert world.admin.get(f"/admin/v1/projects/{A}").status_code == 200
+
+
 # ----------------------------------------------------------------- users
 def test_users_list_newest_first_in_pages_stable_under_inserts(world: World) -> None:
     pid = world.admin.post("/admin/v1/projects", json={"providers": {"anonymous": {}}}).json()[
@@ -437,7 +474,7 @@ def test_erasure_removes_the_users_rows_and_nothing_else(world: World, db_url: s
     path = f"/admin/v1/projects/{A}/users/{user}"
     refused(
         world.admin.delete(path, params={"deleteUpstream": True}),
-        501,
+        400,
         "UPSTREAM_DELETE_NOT_SUPPORTED",
     )
     assert {t: count_rows(db_url, t) for t in before} == before

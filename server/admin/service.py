@@ -28,7 +28,6 @@ from providers.values import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    NotSupported,
     PermissionDenied,
     User,
 )
@@ -644,7 +643,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async def work(caller: Caller) -> empty_pb2.Empty:
             user = names.user(request.name)
             if request.delete_upstream:
-                raise NotSupported(
+                raise FailedPrecondition(
                     "UPSTREAM_DELETE_NOT_SUPPORTED",
                     "deleting the upstream account (Cognito, Auth0) is not available yet;"
                     " nothing was erased: delete it there, then call again without"

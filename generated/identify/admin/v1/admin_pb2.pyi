@@ -441,7 +441,7 @@ class DeleteUserRequest(_message.Message):
     """`projects/{project}/users/{user}`"""
     delete_upstream: _builtins.bool
     """Also delete the account at the upstream identity provider (Cognito,
-    Auth0). Not available yet: the call is refused UNIMPLEMENTED
+    Auth0). Not available yet: the call is refused FAILED_PRECONDITION
     UPSTREAM_DELETE_NOT_SUPPORTED and nothing is erased.
     """
     def __init__(
