@@ -13,6 +13,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from identify.admin.v1 import admin_pb2_grpc
 from identify.v1 import identify_pb2, identify_pb2_grpc
 
 from providers.registry import Registry
@@ -22,6 +23,8 @@ from server.abuse.guard import Guard
 from server.abuse.lockout import Lockout
 from server.abuse.policy import Limits
 from server.accounts import ScopedAccounts
+from server.admin import store as admin_store
+from server.admin.service import AdminServicer
 from server.clock import now
 from server.context import Context
 from server.interceptors import AccessLogInterceptor
@@ -98,8 +101,14 @@ class Service:
                 )
                 if removed:
                     log.info("purged %d expired token records", removed)
+                # Soft-deleted projects past their grace, in small batches.
+                purged = await admin_store.purge_deleted_projects(
+                    self.database, deleted_before=now() - admin_store.PURGE_GRACE_SECONDS
+                )
+                if purged:
+                    log.info("purged %d deleted projects", purged)
             except Exception:
-                log.warning("purging expired token records failed", exc_info=True)
+                log.warning("purging expired records failed", exc_info=True)
 
     def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
         accounts = ScopedAccounts(
@@ -148,6 +157,11 @@ class Service:
         )
         identify_pb2_grpc.add_IdentifyServicer_to_server(
             IdentifyServicer(self.registry, self.projects, self.keys, self.database), server
+        )
+        # On the same ports; the edge routes it only from its admin listener,
+        # and reflection (reachable through the public edge) leaves it out.
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.database, self.registry, self.projects), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -1,4 +1,4 @@
-"""The `identify` command: up, serve, envoy-config, migrate."""
+"""The `identify` command: up, serve, envoy-config, migrate, rotate-keys, admin."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from providers.registry import Registry
 from server import config as config_mod
 from server import edge, logs, metrics
 from server.abuse.policy import RATE_LIMITS_ENV
+from server.admin import cli as admin_cli
 from server.app import ListenError, Service, Settings, serve
 from server.bootstrap import bootstrap
 from server.metrics import exposition
@@ -119,6 +120,11 @@ def _banner(
         + " direct",
         f"  database     {db.DatabaseUrl.parse(url).redacted()}",
     ]
+    if args.admin_port:
+        lines.append(
+            f"  admin API    http://{args.admin_listen_address}:{args.admin_port}/admin/v1"
+            "   (REST and gRPC; Authorization: Bearer <admin key>)"
+        )
     if admin is not None:
         lines.append(f"  envoy admin  http://{admin}   (stats, clusters)")
     if args.metrics_port:
@@ -200,6 +206,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         rate_limit=_rate_limit(args),
         trusted_proxies=args.trusted_proxies,
         metrics_port=args.metrics_port,
+        admin_api_port=args.admin_port,
+        admin_api_address=args.admin_listen_address,
     )
     # Before any child exists: a Ctrl-C while starting stops them in order too.
     supervisor.catch_stop_signals()
@@ -239,6 +247,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
             cors_origins=_cors_origins(args),
             rate_limit=_rate_limit(args),
             trusted_proxies=args.trusted_proxies,
+            admin_api_port=args.admin_port,
+            admin_api_address=args.admin_listen_address,
         )
     )
     return 0
@@ -260,6 +270,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """Through the admin API (--server, --key); with --db, straight into
+    that database (before any admin key exists, say)."""
+    if not args.db:
+        from server.admin.cli import rotate_through_api
+
+        return rotate_through_api(args)
     from server.keys import rotate_signing_key
 
     url = _db_url(args)
@@ -310,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="load balancers in front of the edge that append to X-Forwarded-For (default 0)",
         )
 
+    def admin_listener(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--admin-port",
+            type=int,
+            default=edge.DEFAULT_ADMIN_API_PORT,
+            metavar="N",
+            help=f"port of the admin API listener (default {edge.DEFAULT_ADMIN_API_PORT}; 0: none)",
+        )
+        p.add_argument(
+            "--admin-listen-address",
+            default="127.0.0.1",
+            metavar="ADDR",
+            help="address the admin API listener binds (default 127.0.0.1)",
+        )
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="projects YAML file (env IDENTIFY_CONFIG)")
         p.add_argument("--db", help=f"database URL (env IDENTIFY_DB, default {db.DEFAULT_URL})")
@@ -340,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         f" and every server process's metrics (default {exposition.DEFAULT_PORT}; 0: off)",
     )
     edge_policy(up)
+    admin_listener(up)
     up.set_defaults(func=cmd_up)
 
     srv = sub.add_parser("serve", help="one gRPC server, no edge")
@@ -366,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", action="append", metavar="HOST:PORT", help="a gRPC backend (repeatable)"
     )
     edge_policy(env)
+    admin_listener(env)
     env.set_defaults(func=cmd_envoy_config)
 
     mig = sub.add_parser("migrate", help="apply database migrations")
@@ -373,8 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=cmd_migrate)
 
     rot = sub.add_parser("rotate-keys", help="start signing profileTokens with a new key")
-    rot.add_argument("--db", help="database URL (env IDENTIFY_DB)")
+    rot.add_argument("--db", help="database URL: rotate there directly, not through the API")
+    admin_cli.api_options(rot)
     rot.set_defaults(func=cmd_rotate_keys)
+
+    admin_cli.register(sub)
     # Also after the command (`identify up --log-format json`); given there
     # or not at all, the value before it (or its default) stands.
     for command in sub.choices.values():

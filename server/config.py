@@ -81,44 +81,48 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
     seen: set[str] = set()
     result = []
     for index, entry in enumerate(raw["projects"]):
-        where = f"{source}: projects[{index}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: expected a mapping")
-        try:
-            project_id = str(uuid.UUID(str(entry.get("id"))))
-        except ValueError:
-            raise ConfigError(f"{where}: id must be a UUID") from None
-        if project_id in seen:
-            raise ConfigError(f"{where}: duplicate project id {project_id}")
-        seen.add(project_id)
-        name = entry.get("name") or project_id
-        providers = entry.get("providers") or {}
-        if not isinstance(providers, Mapping) or not providers:
-            raise ConfigError(f"{where}: 'providers' must name at least one provider")
-        checked: dict[str, Mapping[str, Any]] = {}
-        for provider_name, settings in providers.items():
-            settings = settings or {}
-            if not isinstance(settings, Mapping):
-                raise ConfigError(f"{where}.providers.{provider_name}: settings must be a mapping")
-            cls = registry.get(provider_name)
-            if cls is None:
-                missing = registry.broken(provider_name)
-                why = missing.why if missing else "unknown provider"
-                known = ", ".join(registry.names())
-                raise ConfigError(f"{where}.providers.{provider_name}: {why} (available: {known})")
-            try:
-                cls.validate_settings(resolve_env(settings))
-            except ValueError as exc:
-                raise ConfigError(f"{where}.providers.{provider_name}: {exc}") from None
-            checked[provider_name] = dict(settings)
-        limits = entry.get("limits")
-        if limits is not None and not isinstance(limits, Mapping):
-            raise ConfigError(f"{where}.limits: must be a mapping")
-        try:
-            parse_limits(limits)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.limits: {exc}") from None
-        result.append(
-            ProjectConfig(project_id, str(name), checked, dict(limits) if limits else None)
-        )
+        project = parse_project(entry, registry, where=f"{source}: projects[{index}]")
+        if project.id in seen:
+            raise ConfigError(f"{source}: projects[{index}]: duplicate project id {project.id}")
+        seen.add(project.id)
+        result.append(project)
     return result
+
+
+def parse_project(entry: Any, registry: Registry, *, where: str) -> ProjectConfig:
+    """THE check of one project's settings, for the YAML file and the admin
+    API alike (the same messages, prefixed with `where`)."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    try:
+        project_id = str(uuid.UUID(str(entry.get("id"))))
+    except ValueError:
+        raise ConfigError(f"{where}: id must be a UUID") from None
+    name = entry.get("name") or project_id
+    providers = entry.get("providers") or {}
+    if not isinstance(providers, Mapping) or not providers:
+        raise ConfigError(f"{where}: 'providers' must name at least one provider")
+    checked: dict[str, Mapping[str, Any]] = {}
+    for provider_name, settings in providers.items():
+        settings = settings or {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{where}.providers.{provider_name}: settings must be a mapping")
+        cls = registry.get(provider_name)
+        if cls is None:
+            missing = registry.broken(provider_name)
+            why = missing.why if missing else "unknown provider"
+            known = ", ".join(registry.names())
+            raise ConfigError(f"{where}.providers.{provider_name}: {why} (available: {known})")
+        try:
+            cls.validate_settings(resolve_env(settings))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.providers.{provider_name}: {exc}") from None
+        checked[provider_name] = dict(settings)
+    limits = entry.get("limits")
+    if limits is not None and not isinstance(limits, Mapping):
+        raise ConfigError(f"{where}.limits: must be a mapping")
+    try:
+        parse_limits(limits)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.limits: {exc}") from None
+    return ProjectConfig(project_id, str(name), checked, dict(limits) if limits else None)

@@ -406,6 +406,13 @@ def _tracing(otlp: tracing_settings.Otlp | None) -> dict[str, str]:
     }
 
 
+# The admin listener's block in the template, dropped without an admin port.
+_ADMIN_API_BLOCK = re.compile(
+    r"^[ ]*# BEGIN admin-api.*?# END admin-api\n", re.MULTILINE | re.DOTALL
+)
+DEFAULT_ADMIN_API_PORT = 8081
+
+
 # An optional block's placeholder left empty leaves a blank line, dropped
 # (the template itself has none), so the rendered config is as if it never was.
 _EMPTY_LINE = re.compile(r"^[ ]+\n", re.MULTILINE)
@@ -431,7 +438,11 @@ def render(
     max_body_bytes: int = MAX_BODY_BYTES,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     trusted_proxies: int = 0,
+    admin_api_port: int = 0,
+    admin_api_address: str = "127.0.0.1",
 ) -> str:
+    """`admin_port` is Envoy's own admin endpoint (stats); `admin_api_port`
+    the listener of our admin API (0: none)."""
     if not backends:
         raise ValueError("at least one backend is needed")
     if trusted_proxies < 0:
@@ -444,8 +455,13 @@ def render(
     ]
     # Any healthy backend keeps the edge healthy; none makes /healthz 503.
     min_healthy = max(0.1, 100.0 / len(backends) - 0.01)
-    text = string.Template(TEMPLATE.read_text()).substitute(
+    template = TEMPLATE.read_text()
+    if not admin_api_port:
+        template = _ADMIN_API_BLOCK.sub("", template)
+    text = string.Template(template).substitute(
         admin_port=admin_port,
+        admin_api_port=admin_api_port,
+        admin_api_address=admin_api_address,
         listen_address=listen_address,
         http_port=http_port,
         descriptor=str(descriptor.resolve()),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
 
 from server.clock import now
 from server.store import repo
@@ -19,12 +22,15 @@ async def ensure_signing_key(database: Database) -> None:
     )
 
 
-async def rotate_signing_key(database: Database) -> tuple[str, int]:
+async def rotate_signing_key(
+    database: Database, *, also: Callable[[sa.Connection], None] | None = None
+) -> tuple[str, int]:
     """A new active key; the old ones stay published until their tokens
-    have expired. Returns (new kid, keys retired)."""
+    have expired. Returns (new kid, keys retired). `also` runs in the
+    rotation's transaction (the admin API's audit event)."""
     key = SigningKey.generate()
     retired = await repo.rotate_signing_key(
-        database, kid=key.kid, private_pem=key.private_pem(), now=now()
+        database, kid=key.kid, private_pem=key.private_pem(), now=now(), also=also
     )
     return key.kid, retired
 

@@ -107,6 +107,11 @@ class ProjectCache:
             self._locks.pop(project_id, None)
             return loaded if isinstance(loaded, LoadedProject) else None
 
+    def forget(self, project_id: str) -> None:
+        """Drop the cached entry after a change made here (the admin API):
+        this process sees it at once, the others within the TTL."""
+        self._entries.pop(project_id, None)
+
     def provider(self, loaded: LoadedProject, name: str) -> Provider[Any]:
         # Hot path: once per loaded project and provider, not per call.
         found = loaded.instances.get(name)

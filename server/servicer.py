@@ -301,11 +301,14 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 return _not_valid("SIGNATURE_MISMATCH")
             if max_age is not None and now() - request.time_stamp > max_age:
                 return _not_valid("SESSION_TOO_OLD")
-            valid_after = await repo.user_valid_after(self._database, project_id, request.user_id)
+            valid_after = await repo.session_valid_after(
+                self._database, project_id, request.user_id, request.device_id
+            )
             if valid_after is None:
                 return _not_valid("UNKNOWN_USER")
             # The rule tokens follow (kit/tokens.py refuse_if_revoked): a
-            # session that began before the logout's second has ended.
+            # session that began before the logout's (or the device's
+            # sign-out's) second has ended.
             if request.time_stamp < valid_after:
                 return _not_valid("SESSION_ENDED")
             return pb.VerifySignatureReply(valid=True)

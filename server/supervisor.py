@@ -124,6 +124,8 @@ class Supervisor:
         cors_origins: Sequence[str] = (),
         rate_limit: edge.RateLimit | None = edge.DEFAULT_RATE_LIMIT,
         trusted_proxies: int = 0,
+        admin_api_port: int = 0,
+        admin_api_address: str = "127.0.0.1",
         envoy_log_level: str = "warning",
         log_format: str = "text",
         metrics_port: int = 0,
@@ -147,6 +149,8 @@ class Supervisor:
                 cors_origins=cors_origins,
                 rate_limit=rate_limit,
                 trusted_proxies=trusted_proxies,
+                admin_api_port=admin_api_port,
+                admin_api_address=admin_api_address,
             )
         )
         self.http_port = http_port

@@ -70,6 +70,9 @@ class Stack:
     metrics_port: int = 0
     _log: Any = field(repr=False, default=None)
     terminal: Terminal | None = field(repr=False, default=None)
+    # The admin API listener (REST base URL and gRPC target).
+    admin_http: str = ""
+    admin_grpc_target: str = ""
 
     @property
     def metrics_url(self) -> str:
@@ -160,6 +163,8 @@ def start_stack(
     config_path.write_text(yaml.safe_dump(dict(config)))
     db_url = db_url or f"sqlite:///{tmp_dir / 'identify.db'}"
     http_port = free_port()
+    # Never the default 8081: stacks run side by side.
+    admin_port = free_port()
     grpc_base = free_port_block(workers)
     if metrics_port is None:
         metrics_port = free_port()
@@ -196,6 +201,8 @@ def start_stack(
             str(workers),
             "--metrics-port",
             str(metrics_port),
+            "--admin-port",
+            str(admin_port),
             *extra_args,
         ],
         cwd=ROOT,
@@ -216,6 +223,8 @@ def start_stack(
         metrics_port=metrics_port,
         _log=log,
         terminal=tty,
+        admin_http=f"http://127.0.0.1:{admin_port}",
+        admin_grpc_target=f"127.0.0.1:{admin_port}",
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -48,7 +48,10 @@ class ProjectRow:
 
 
 # ----------------------------------------------------------------- projects
-_GET_PROJECT = sa.select(projects).where(projects.c.project_id == P("project_id"))
+# A soft-deleted project is no project to the request path.
+_GET_PROJECT = sa.select(projects).where(
+    projects.c.project_id == P("project_id"), projects.c.deleted_at.is_(None)
+)
 
 
 async def upsert_project(
@@ -125,11 +128,20 @@ async def insert_signing_key_if_none(
     await database.write(run)
 
 
-async def rotate_signing_key(database: Database, *, kid: str, private_pem: str, now: int) -> int:
-    """Retire every active key and add a new one, in one transaction;
-    returns how many were retired."""
+async def rotate_signing_key(
+    database: Database,
+    *,
+    kid: str,
+    private_pem: str,
+    now: int,
+    also: Callable[[sa.Connection], None] | None = None,
+) -> int:
+    """Retire every active key and add a new one, in one transaction (with
+    `also`, the audit event's write); returns how many were retired."""
 
     def run(conn: sa.Connection) -> int:
+        if also is not None:
+            also(conn)
         retired = conn.execute(
             signing_keys.update().where(signing_keys.c.retired_at.is_(None)).values(retired_at=now)
         ).rowcount
@@ -144,7 +156,7 @@ async def rotate_signing_key(database: Database, *, kid: str, private_pem: str, 
 
 
 # -------------------------------------------------------------------- users
-def _user(row: Any) -> User:
+def user_from_row(row: Any) -> User:
     return User(
         user_id=row.user_id,
         project_id=row.project_id,
@@ -174,19 +186,37 @@ _USER_BY_ID = sa.select(users).where(
 )
 
 
-_VALID_AFTER = sa.select(users.c.valid_after).where(
-    users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
+# The user's and the device's: a session ends with either (logout or
+# :revokeSessions for the user, a device signed out for the device).
+_VALID_AFTER = (
+    sa.select(users.c.valid_after, devices.c.valid_after.label("device_valid_after"))
+    .select_from(
+        users.outerjoin(
+            devices,
+            sa.and_(
+                devices.c.project_id == users.c.project_id,
+                devices.c.user_id == users.c.user_id,
+                devices.c.device_id == P("device_id"),
+            ),
+        )
+    )
+    .where(users.c.project_id == P("project_id"), users.c.user_id == P("user_id"))
 )
 
 
-async def user_valid_after(database: Database, project_id: str, user_id: str) -> int | None:
-    """When the user's sessions were last ended (0: never), or None when the
-    project has no such user. One primary-key read, whatever the provider."""
-    params = {"project_id": project_id, "user_id": user_id}
+async def session_valid_after(
+    database: Database, project_id: str, user_id: str, device_id: str
+) -> int | None:
+    """When the sessions of this user on this device were last ended (0:
+    never), or None when the project has no such user. One primary-key read,
+    whatever the provider."""
+    params = {"project_id": project_id, "user_id": user_id, "device_id": device_id}
 
     def run(conn: sa.Connection) -> int | None:
-        found = conn.execute(_VALID_AFTER, params).scalar_one_or_none()
-        return None if found is None else int(found)
+        row = conn.execute(_VALID_AFTER, params).first()
+        if row is None:
+            return None
+        return max(int(row.valid_after), int(row.device_valid_after or 0))
 
     return await database.read(run)
 
@@ -198,7 +228,7 @@ async def find_user(
 
     def run(conn: sa.Connection) -> User | None:
         row = conn.execute(_FIND_USER[column], params).first()
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     return await database.read(run)
 
@@ -245,7 +275,7 @@ async def ensure_user(
             _FIND_USER["subject"],
             {"project_id": project_id, "provider": provider, "value": subject},
         ).one()
-        return _user(row), row.user_id == user_id
+        return user_from_row(row), row.user_id == user_id
 
     return await database.write(run)
 
@@ -263,7 +293,7 @@ async def update_user(
             .values(**values, updated_at=now)
         )
         row = conn.execute(_USER_BY_ID, key).first()
-        return _user(row) if row else None
+        return user_from_row(row) if row else None
 
     return await database.write(run)
 
@@ -290,7 +320,7 @@ async def merge_attributes(
             .where(users.c.project_id == project_id, users.c.user_id == user_id)
             .values(attributes=merged, updated_at=now)
         )
-        return _user(conn.execute(_USER_BY_ID, key).one())
+        return user_from_row(conn.execute(_USER_BY_ID, key).one())
 
     return await database.write(run)
 
@@ -352,7 +382,12 @@ async def record_login(
 
 _DEVICES = (
     sa.select(devices)
-    .where(devices.c.project_id == P("project_id"), devices.c.user_id == P("user_id"))
+    .where(
+        devices.c.project_id == P("project_id"),
+        devices.c.user_id == P("user_id"),
+        # A signed-out device is listed again once it signs in again.
+        devices.c.time_stamp >= devices.c.valid_after,
+    )
     .order_by(devices.c.sign_up, devices.c.device_id)
 )
 _HISTORY = (

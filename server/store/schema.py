@@ -55,6 +55,8 @@ users = sa.Table(
     sa.PrimaryKeyConstraint("project_id", "user_id"),
     sa.UniqueConstraint("project_id", "provider", "subject"),
     sa.UniqueConstraint("project_id", "external_id"),
+    # The admin API lists a project's users newest first.
+    sa.Index(None, "project_id", "created_at", "user_id"),
 )
 
 devices = sa.Table(
@@ -67,6 +69,9 @@ devices = sa.Table(
     sa.Column("last_login", sa.BigInteger, nullable=False),
     sa.Column("time_stamp", sa.BigInteger, nullable=False),
     sa.Column("signature", sa.String(40), nullable=False),
+    # Sessions of this device that began before are ended (the device was
+    # signed out); 0: never. Its other devices are untouched.
+    sa.Column("valid_after", sa.BigInteger, nullable=False, server_default="0"),
     sa.PrimaryKeyConstraint("project_id", "user_id", "device_id"),
 )
 

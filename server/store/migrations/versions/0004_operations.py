@@ -1,4 +1,4 @@
-"""Operations: admin keys, soft-deleted projects, the audit trail (which is
+"""Operations: admin keys, soft-deleted projects, signed-out devices, the audit trail (which is
 also the webhooks' transactional outbox), webhook endpoints and deliveries.
 
 Revision ID: 0004
@@ -31,6 +31,13 @@ def upgrade() -> None:
     )
     op.add_column("projects", sa.Column("deleted_at", sa.BigInteger, nullable=True))
     op.add_column("projects", sa.Column("audit_retention_days", sa.Integer, nullable=True))
+    op.add_column(
+        "devices",
+        sa.Column("valid_after", sa.BigInteger, nullable=False, server_default="0"),
+    )
+    op.create_index(
+        "ix_users_project_id_created_at_user_id", "users", ["project_id", "created_at", "user_id"]
+    )
 
     # ---------------------------------------------------------------- events
     op.create_table(
@@ -106,6 +113,8 @@ def downgrade() -> None:
     op.drop_index("ix_audit_events_project_id_user_id_at", table_name="audit_events")
     op.drop_index("ix_audit_events_project_id_at", table_name="audit_events")
     op.drop_table("audit_events")
+    op.drop_index("ix_users_project_id_created_at_user_id", table_name="users")
+    op.drop_column("devices", "valid_after")
     op.drop_column("projects", "audit_retention_days")
     op.drop_column("projects", "deleted_at")
     op.drop_table("admin_keys")
