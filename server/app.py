@@ -24,6 +24,7 @@ from server.abuse.policy import Limits
 from server.accounts import ScopedAccounts
 from server.clock import now
 from server.context import Context
+from server.events import audit
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
 from server.metrics import upstream
@@ -100,6 +101,17 @@ class Service:
                     log.info("purged %d expired token records", removed)
             except Exception:
                 log.warning("purging expired token records failed", exc_info=True)
+            try:
+                # In small batches with pauses: logins write between two.
+                purged = await audit.purge_expired(self.database, now=now())
+                if purged.events or purged.deliveries:
+                    log.info(
+                        "purged %d audit events and %d webhook deliveries past retention",
+                        purged.events,
+                        purged.deliveries,
+                    )
+            except Exception:
+                log.warning("purging expired audit events failed", exc_info=True)
 
     def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
         accounts = ScopedAccounts(
