@@ -25,6 +25,7 @@ from server.accounts import ScopedAccounts
 from server.clock import now
 from server.context import Context
 from server.events import audit
+from server.events.relay import Relay, RelaySettings
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
 from server.metrics import upstream
@@ -84,6 +85,8 @@ class Service:
         )
         self.rate_limits = RateLimits(storage_for(settings.redis_url))
         self.lockout = Lockout(database)
+        # Delivers the audit trail to webhooks; the env may tune it (tests).
+        self.relay = Relay(database, RelaySettings.from_env())
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._housekeeping: list[asyncio.Task[None]] = []
@@ -184,6 +187,7 @@ class Service:
         self._housekeeping = [
             asyncio.create_task(self._purge_expired(), name="purge-expired"),
             asyncio.create_task(self.keys.refresh_forever(), name="key-refresh"),
+            asyncio.create_task(self.relay.run_forever(), name="webhook-relay"),
         ]
         return port
 
@@ -207,6 +211,7 @@ class Service:
             await asyncio.sleep(self.settings.drain_delay)
             await self.server.stop(self.settings.grace)
         await self.projects.aclose()
+        await self.relay.aclose()
         await self.http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
         await self.database.dispose()
