@@ -1,5 +1,6 @@
 """The store as a provider sees it: users and devices of one project and one
-provider (the `Accounts` protocol of providers/base.py)."""
+provider (the `Accounts` protocol of providers/base.py). Each write that
+changes a user records its audit event in the same transaction."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from typing import Any
 from providers.values import JSON, Device, ProfileView, Session, UpstreamTokens, User
 from server import tokens
 from server.clock import now
+from server.events import calls
+from server.events.audit import AuditEvent
+from server.events.types import USER_CREATED, USER_UPDATED
 from server.keys import KeyStore
 from server.store import repo
 from server.store.db import Database
 from server.store.schema import issued_tokens, revoked_tokens
+
+_FIELD_NAMES = {"app_profile": "appProfile"}
 
 
 class ScopedAccounts:
@@ -55,6 +61,7 @@ class ScopedAccounts:
             username=username,
             app_profile=app_profile,
             now=now(),
+            event=calls.event(USER_CREATED, self._project_id, provider=self._provider),
         )
 
     async def find_user(self, subject: str) -> User | None:
@@ -82,6 +89,13 @@ class ScopedAccounts:
             device_id=device_id,
             now=at,
             signature=tokens.signature(self._secret, user.user_id, device_id, at),
+            event=calls.event(
+                calls.login_type(),
+                self._project_id,
+                provider=self._provider,
+                user_id=user.user_id,
+                device_id=device_id,
+            ),
         )
 
     async def sign_in(
@@ -134,11 +148,21 @@ class ScopedAccounts:
             values["attributes"] = attributes
         if values:
             updated = await repo.update_user(
-                self._database, self._project_id, user.user_id, values=values, now=at
+                self._database,
+                self._project_id,
+                user.user_id,
+                values=values,
+                now=at,
+                event=self._updated(user, values),
             )
         if attributes is not None and merge_attributes:
             updated = await repo.merge_attributes(
-                self._database, self._project_id, user.user_id, attributes, at
+                self._database,
+                self._project_id,
+                user.user_id,
+                attributes,
+                at,
+                event=self._updated(user, {"attributes": attributes}),
             )
         if updated is None:
             raise LookupError("user vanished during update")
@@ -152,6 +176,12 @@ class ScopedAccounts:
             user.user_id,
             values={"valid_after": max(before, user.valid_after)},
             now=now(),
+            event=calls.event(
+                calls.revocation_type(),
+                self._project_id,
+                provider=self._provider,
+                user_id=user.user_id,
+            ),
         )
         if updated is None:
             raise LookupError("user vanished during revocation")
@@ -175,6 +205,18 @@ class ScopedAccounts:
     async def is_token_remembered(self, token: str) -> bool:
         return await repo.has_token_hash(
             self._database, issued_tokens, self._project_id, tokens.token_hash(token), now()
+        )
+
+    def _updated(self, user: User, values: dict[str, Any]) -> AuditEvent:
+        # The names of what changed, never the values (an appProfile can
+        # hold anything a client puts in it).
+        fields = sorted(_FIELD_NAMES.get(name, name) for name in values)
+        return calls.event(
+            USER_UPDATED,
+            self._project_id,
+            provider=self._provider,
+            user_id=user.user_id,
+            data={"fields": fields},
         )
 
     def _own(self, user: User) -> None:

@@ -27,6 +27,8 @@ from server.admin import store as admin_store
 from server.admin.service import AdminServicer
 from server.clock import now
 from server.context import Context
+from server.events import audit
+from server.events.relay import Relay, RelaySettings
 from server.interceptors import AccessLogInterceptor
 from server.keys import KeyStore
 from server.metrics import upstream
@@ -86,6 +88,8 @@ class Service:
         )
         self.rate_limits = RateLimits(storage_for(settings.redis_url))
         self.lockout = Lockout(database)
+        # Delivers the audit trail to webhooks; the env may tune it (tests).
+        self.relay = Relay(database, RelaySettings.from_env())
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._housekeeping: list[asyncio.Task[None]] = []
@@ -109,6 +113,17 @@ class Service:
                     log.info("purged %d deleted projects", purged)
             except Exception:
                 log.warning("purging expired records failed", exc_info=True)
+            try:
+                # In small batches with pauses: logins write between two.
+                purged = await audit.purge_expired(self.database, now=now())
+                if purged.events or purged.deliveries:
+                    log.info(
+                        "purged %d audit events and %d webhook deliveries past retention",
+                        purged.events,
+                        purged.deliveries,
+                    )
+            except Exception:
+                log.warning("purging expired audit events failed", exc_info=True)
 
     def _context_for(self, loaded: LoadedProject, provider: str) -> Context:
         accounts = ScopedAccounts(
@@ -186,6 +201,7 @@ class Service:
         self._housekeeping = [
             asyncio.create_task(self._purge_expired(), name="purge-expired"),
             asyncio.create_task(self.keys.refresh_forever(), name="key-refresh"),
+            asyncio.create_task(self.relay.run_forever(), name="webhook-relay"),
         ]
         return port
 
@@ -209,6 +225,7 @@ class Service:
             await asyncio.sleep(self.settings.drain_delay)
             await self.server.stop(self.settings.grace)
         await self.projects.aclose()
+        await self.relay.aclose()
         await self.http.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
         await self.database.dispose()

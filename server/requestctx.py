@@ -24,6 +24,11 @@ class Call:
     reason: str = ""
     # The call's trace (32 hex digits) when traces are on and it is sampled.
     trace_id: str = ""
+    # For the audit trail only (server/events/calls.py), never a log field,
+    # span attribute or metric label: the client's IP as the edge decided it,
+    # and the device the request names (a canonical UUID, else empty).
+    client_ip: str = ""
+    device_id: str = ""
 
 
 call_var: ContextVar[Call | None] = ContextVar("call", default=None)

@@ -33,6 +33,7 @@ from providers.values import (
 from server import errors, tokens
 from server.clock import now
 from server.edge import CLIENT_IP_HEADER
+from server.events import calls
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import call_var, request_id
@@ -74,7 +75,6 @@ def project_id_arg(value: str) -> str:
 def _caller(context: Ctx) -> tuple[str | None, str]:
     """The bearer token (bounded like every token) and the client's IP."""
     bearer: str | None = None
-    client_ip = ""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             text = value if isinstance(value, str) else value.decode()
@@ -84,11 +84,30 @@ def _caller(context: Ctx) -> tuple[str | None, str]:
                     "MALFORMED_AUTHORIZATION", "the Authorization header must be 'Bearer <token>'"
                 )
             bearer = bounded_token(token.strip(), "authorization")
-        elif key == CLIENT_IP_HEADER:
+    return bearer, _client_ip(context)
+
+
+def _client_ip(context: Ctx) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_IP_HEADER:
             # Set by the edge (behind --trusted-proxies); direct gRPC callers
             # reach the servers without it, so their peer address counts.
-            client_ip = (value if isinstance(value, str) else value.decode())[:64]
-    return bearer, client_ip or _peer_ip(context.peer())
+            return (value if isinstance(value, str) else value.decode())[:64]
+    return _peer_ip(context.peer())
+
+
+def _named_device(request: Any) -> str | None:
+    """The device a request names (deviceId, or data.deviceId), for the
+    audit trail of its refusal; only a canonical UUID counts."""
+    raw = ""
+    data = getattr(request, "data", None)
+    if data is not None and "deviceId" in data.fields:
+        raw = data.fields["deviceId"].string_value
+    raw = raw or getattr(request, "device_id", "")
+    try:
+        return canonical_uuid(raw, field_name="deviceId", reason="") if raw else None
+    except InvalidArgument:
+        return None
 
 
 def _peer_ip(peer: str) -> str:
@@ -325,6 +344,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
     # ------------------------------------------------------------ plumbing
     async def _serve(self, context: Ctx, request: M, route: Route[M, T, R]) -> R:
         async def work() -> R:
+            calls.note_caller(_client_ip(context), _named_device(request))
             loaded, instance, strategy = await self._resolve(
                 request.project_id, request.provider, request.strategy
             )
@@ -338,7 +358,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 client_ip=client_ip,
                 **route.fields(request),
             )
-            return route.reply(req, await route.call(instance, req))
+            reply = route.reply(req, await route.call(instance, req))
+            await calls.after_success(self._database)
+            return reply
 
         return await self._run(context, work)
 
@@ -346,7 +368,11 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         try:
             return await self._detached(work())
         except Exception as exc:
-            await context.abort_with_status(errors.to_status(exc, request_id()))
+            status = errors.to_status(exc, request_id())
+            if calls.records_refusal():
+                # Detached too: a client hanging up must not cut its write.
+                await self._detached(calls.after_refusal(self._database))
+            await context.abort_with_status(status)
         raise AssertionError("unreachable: abort_with_status raises")
 
     async def _project(self, project_id: str) -> LoadedProject:

@@ -19,6 +19,9 @@ from providers.values import ProviderError, ResourceExhausted
 from server import metrics
 from server.abuse.policy import LockoutPolicy
 from server.clock import now
+from server.events import calls
+from server.events.audit import AuditEvent
+from server.events.types import ACCOUNT_LOCKED
 from server.store import repo
 from server.store.db import Database
 
@@ -68,6 +71,12 @@ class Lockout:
         self, policy: LockoutPolicy, project_id: str, account: str, fresh_after: int
     ) -> None:
         metrics.lockout_event(project_id, "failure")
+
+        def lock_event(failures: int, seconds: int) -> AuditEvent:
+            # The account is a hash: the trail names no email either.
+            data = {"account": account[:12], "failures": failures, "lockedSeconds": seconds}
+            return calls.event(ACCOUNT_LOCKED, project_id, data=data)
+
         count, locked_until = await repo.count_credential_failure(
             self._database,
             project_id,
@@ -75,6 +84,7 @@ class Lockout:
             now=now(),
             fresh_after=fresh_after,
             lock_for=policy.lock_seconds,
+            lock_event=lock_event,
         )
         if locked_until:
             metrics.lockout_event(project_id, "locked")

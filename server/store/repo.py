@@ -2,10 +2,14 @@
 puts it first in the WHERE clause, so no query can cross projects.
 
 The hot statements are built once with bind parameters: building and
-cache-keying a SQLAlchemy statement per call cost more than running it."""
+cache-keying a SQLAlchemy statement per call cost more than running it.
+
+A write that changes a user takes the audit event describing it (`event`)
+and records it in the same transaction (server/events/audit.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from providers.values import Device, User
+from server.events.audit import AuditEvent, record
 from server.store.db import Database
 from server.store.schema import (
     credential_failures,
@@ -244,9 +249,11 @@ async def ensure_user(
     username: str | None,
     now: int,
     app_profile: Mapping[str, Any] | None = None,
+    event: AuditEvent | None = None,
 ) -> tuple[User, bool]:
     """Insert-or-nothing keyed on (project, provider, subject), then read back:
-    racing first logins all end on the one row that won."""
+    racing first logins all end on the one row that won; only the winner
+    records `event` (with the new userId)."""
     user_id = str(uuid.uuid4())
 
     def run(conn: sa.Connection) -> tuple[User, bool]:
@@ -275,13 +282,22 @@ async def ensure_user(
             _FIND_USER["subject"],
             {"project_id": project_id, "provider": provider, "value": subject},
         ).one()
-        return user_from_row(row), row.user_id == user_id
+        created = row.user_id == user_id
+        if created and event is not None:
+            record(conn, dataclasses.replace(event, user_id=user_id))
+        return user_from_row(row), created
 
     return await database.write(run)
 
 
 async def update_user(
-    database: Database, project_id: str, user_id: str, *, values: Mapping[str, Any], now: int
+    database: Database,
+    project_id: str,
+    user_id: str,
+    *,
+    values: Mapping[str, Any],
+    now: int,
+    event: AuditEvent | None = None,
 ) -> User | None:
     """One UPDATE statement, so concurrent writers never interleave fields."""
     key = {"project_id": project_id, "user_id": user_id}
@@ -293,13 +309,23 @@ async def update_user(
             .values(**values, updated_at=now)
         )
         row = conn.execute(_USER_BY_ID, key).first()
-        return user_from_row(row) if row else None
+        if row is None:
+            return None
+        if event is not None:
+            record(conn, event)
+        return user_from_row(row)
 
     return await database.write(run)
 
 
 async def merge_attributes(
-    database: Database, project_id: str, user_id: str, patch: Mapping[str, Any], now: int
+    database: Database,
+    project_id: str,
+    user_id: str,
+    patch: Mapping[str, Any],
+    now: int,
+    *,
+    event: AuditEvent | None = None,
 ) -> User | None:
     """Read-merge-write in one transaction that holds the row (SELECT ... FOR
     UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the database)."""
@@ -320,6 +346,8 @@ async def merge_attributes(
             .where(users.c.project_id == project_id, users.c.user_id == user_id)
             .values(attributes=merged, updated_at=now)
         )
+        if event is not None:
+            record(conn, event)
         return user_from_row(conn.execute(_USER_BY_ID, key).one())
 
     return await database.write(run)
@@ -360,7 +388,14 @@ _DEVICE_UPSERT = {dialect: _device_upsert(dialect) for dialect in ("sqlite", "po
 
 
 async def record_login(
-    database: Database, *, project_id: str, user_id: str, device_id: str, now: int, signature: str
+    database: Database,
+    *,
+    project_id: str,
+    user_id: str,
+    device_id: str,
+    now: int,
+    signature: str,
+    event: AuditEvent | None = None,
 ) -> Device:
     params = {
         "project_id": project_id,
@@ -374,6 +409,8 @@ async def record_login(
     def run(conn: sa.Connection) -> int:
         sign_up = conn.execute(_DEVICE_UPSERT[conn.dialect.name], params).scalar_one()
         conn.execute(_INSERT_LOGIN, params)
+        if event is not None:
+            record(conn, event)
         return int(sign_up)
 
     sign_up = await database.write(run)
@@ -491,10 +528,11 @@ async def count_credential_failure(
     now: int,
     fresh_after: int,
     lock_for: Callable[[int], int],
+    lock_event: Callable[[int, int], AuditEvent] | None = None,
 ) -> tuple[int, int]:
     """One more failure, counted atomically however many processes fail at
-    once; the lock `lock_for(failures)` seconds long starts now. Returns
-    (failures, locked until)."""
+    once; the lock `lock_for(failures)` seconds long starts now, recorded as
+    `lock_event(failures, seconds)`. Returns (failures, locked until)."""
 
     def run(conn: sa.Connection) -> tuple[int, int]:
         table = credential_failures
@@ -520,6 +558,8 @@ async def count_credential_failure(
                 .where(table.c.project_id == project_id, table.c.account == account)
                 .values(locked_until=locked_until)
             )
+            if lock_event is not None:
+                record(conn, lock_event(int(failures), seconds))
         return int(failures), locked_until
 
     return await database.write(run)

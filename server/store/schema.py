@@ -213,6 +213,8 @@ webhook_deliveries = sa.Table(
     sa.Column("delivered_at", sa.BigInteger),
     sa.PrimaryKeyConstraint("project_id", "delivery_id"),
     sa.UniqueConstraint("project_id", "endpoint_id", "event_id"),
+    # The retention purge's, like audit_events' (project_id, at).
+    sa.Index(None, "project_id", "created_at"),
     # Not led by project_id: the relay claims due deliveries of every project.
     sa.Index(None, "state", "next_attempt_at"),
 )

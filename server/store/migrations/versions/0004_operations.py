@@ -95,6 +95,11 @@ def upgrade() -> None:
             name="uq_webhook_deliveries_project_id_endpoint_id_event_id",
         ),
     )
+    op.create_index(
+        "ix_webhook_deliveries_project_id_created_at",
+        "webhook_deliveries",
+        ["project_id", "created_at"],
+    )
     # The relay claims due deliveries of every project at once: this index
     # (and the outbox's) cannot lead with project_id.
     op.create_index(
@@ -108,6 +113,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_audit_events_fanned_out", table_name="audit_events")
     op.drop_index("ix_webhook_deliveries_state_next_attempt_at", table_name="webhook_deliveries")
+    op.drop_index("ix_webhook_deliveries_project_id_created_at", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
     op.drop_table("webhook_endpoints")
     op.drop_index("ix_audit_events_project_id_user_id_at", table_name="audit_events")
