@@ -115,12 +115,12 @@ class Service:
                 log.warning("purging expired records failed", exc_info=True)
             try:
                 # In small batches with pauses: logins write between two.
-                purged = await audit.purge_expired(self.database, now=now())
-                if purged.events or purged.deliveries:
+                past = await audit.purge_expired(self.database, now=now())
+                if past.events or past.deliveries:
                     log.info(
                         "purged %d audit events and %d webhook deliveries past retention",
-                        purged.events,
-                        purged.deliveries,
+                        past.events,
+                        past.deliveries,
                     )
             except Exception:
                 log.warning("purging expired audit events failed", exc_info=True)

@@ -14,6 +14,7 @@ from providers.values import Unauthenticated
 from server.admin import store
 from server.admin.audit import AuditEvent
 from server.clock import now
+from server.events import types
 from server.store.db import Database
 
 # A prefix makes a leaked key recognisable to secret scanners.
@@ -64,7 +65,7 @@ async def create(
         expires_at=expires_at,
         event=lambda key_id: AuditEvent(
             None,
-            "admin.admin_key.created",
+            types.ADMIN_KEY_CREATED,
             actor,
             data={"keyId": key_id, "readOnly": read_only, "projects": list(projects or [])},
         ),

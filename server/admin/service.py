@@ -37,6 +37,8 @@ from server.admin.audit import AuditEvent
 from server.clock import now
 from server.config import ConfigError, parse_project
 from server.edge import CLIENT_IP_HEADER
+from server.events import audit as trail
+from server.events import types
 from server.keys import rotate_signing_key
 from server.projects import ProjectCache
 from server.requestctx import request_id
@@ -75,7 +77,7 @@ class Caller:
 
     @property
     def actor(self) -> str:
-        return f"admin:{self.key.key_id}"
+        return trail.admin_actor(self.key.key_id)
 
     def event(
         self, project_id: str | None, type_: str, *, user_id: str | None = None, **data: Any
@@ -379,8 +381,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             self._database,
             AuditEvent(
                 project_id,
-                "admin.call_refused",
-                f"admin:{record.key_id}" if record else "admin",
+                types.ADMIN_KEY_REFUSED,
+                trail.admin_actor(record.key_id if record else "unknown"),
                 client_ip=client_ip,
                 reason=reason,
             ),
@@ -470,7 +472,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 audit_retention_days=_retention(given.audit_retention_days),
                 secret=tokens.new_project_secret(),
                 now=now(),
-                event=caller.event(pid, "admin.project.created"),
+                event=caller.event(pid, types.ADMIN_PROJECT_CREATED),
             )
             if created is None:
                 raise AlreadyExists(
@@ -524,7 +526,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 pid,
                 check=check,
                 now=now(),
-                event=caller.event(pid, "admin.project.updated", fields=paths),
+                event=caller.event(pid, types.ADMIN_PROJECT_UPDATED, fields=paths),
             )
             if updated is None:
                 raise _not_found("PROJECT_NOT_FOUND", "project", given.name)
@@ -547,7 +549,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def _set_deleted(self, name: str, context: Ctx, *, deleted: bool) -> pb.Project:
         async def work(caller: Caller) -> pb.Project:
             pid = names.project(name)
-            kind = "admin.project.deleted" if deleted else "admin.project.undeleted"
+            kind = types.ADMIN_PROJECT_DELETED if deleted else types.ADMIN_PROJECT_UNDELETED
             changed = await store.set_project_deleted(
                 self._database, pid, deleted=deleted, now=now(), event=caller.event(pid, kind)
             )
@@ -653,7 +655,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 self._database,
                 user.project_id,
                 user.user_id,
-                event=caller.event(user.project_id, "admin.user.deleted", user_id=user.user_id),
+                event=caller.event(user.project_id, types.USER_DELETED, user_id=user.user_id),
             )
             if not erased:
                 raise _not_found("USER_NOT_FOUND", "user", request.name)
@@ -677,7 +679,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 user.user_id,
                 now=now(),
                 event=caller.event(
-                    user.project_id, "admin.user.sessions_revoked", user_id=user.user_id
+                    user.project_id, types.USER_SESSIONS_REVOKED, user_id=user.user_id
                 ),
             )
             if revoked is None:
@@ -754,7 +756,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 now=now(),
                 event=AuditEvent(
                     user.project_id,
-                    "admin.device.signed_out",
+                    types.USER_DEVICE_SIGNED_OUT,
                     caller.actor,
                     user_id=user.user_id,
                     device_id=device.device_id,
@@ -841,15 +843,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async def work(caller: Caller) -> pb.Webhook:
             pid = names.project(request.parent, "parent")
             uri = _webhook_uri(request.webhook.uri)
-            types = _event_types(request.webhook.event_types)
+            chosen = _event_types(request.webhook.event_types)
             await self._live_project(pid, request.parent)
             created, secret = await events.create_webhook(
                 self._database,
                 pid,
                 url=uri,
-                event_types=types,
+                event_types=chosen,
                 now=now(),
-                event=caller.event(pid, "admin.webhook.created", eventTypes=types),
+                event=caller.event(pid, types.ADMIN_WEBHOOK_CREATED),
             )
             return webhook_message(pid, created, secret)
 
@@ -922,7 +924,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     metadata={"field": "updateMask"},
                 )
             return await self._update_webhook(
-                caller, hook, given.name, values, "admin.webhook.updated"
+                caller, hook, given.name, values, types.ADMIN_WEBHOOK_UPDATED
             )
 
         return await self._run(
@@ -940,7 +942,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 hook,
                 request.name,
                 {"disabled_at": None, "disabled_reason": None},
-                "admin.webhook.enabled",
+                types.ADMIN_WEBHOOK_ENABLED,
             )
 
         return await self._run(
@@ -980,7 +982,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 hook.project_id,
                 hook.webhook_id,
                 event=caller.event(
-                    hook.project_id, "admin.webhook.deleted", webhookId=hook.webhook_id
+                    hook.project_id, types.ADMIN_WEBHOOK_DELETED, webhookId=hook.webhook_id
                 ),
             )
             if not removed:
@@ -1060,7 +1062,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 self._database,
                 key_id,
                 now=now(),
-                event=caller.event(None, "admin.admin_key.revoked", keyId=key_id),
+                event=caller.event(None, types.ADMIN_KEY_REVOKED, keyId=key_id),
             )
             if revoked is None:
                 raise _not_found("ADMIN_KEY_NOT_FOUND", "active admin key", request.name)
@@ -1090,7 +1092,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: pb.RotateSigningKeyRequest, context: Ctx
     ) -> pb.RotateSigningKeyResponse:
         async def work(caller: Caller) -> pb.RotateSigningKeyResponse:
-            event = caller.event(None, "admin.signing_key.rotated")
+            event = caller.event(None, types.ADMIN_SIGNING_KEY_ROTATED)
             kid, retired = await rotate_signing_key(
                 self._database, also=lambda conn: audit.record(conn, event)
             )
