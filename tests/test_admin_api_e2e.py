@@ -536,7 +536,7 @@ def test_webhooks_secret_once_update_enable_delete(world: World) -> None:
             json={"uri": "http://example.com/", "eventTypes": ["*"]},
         ),
         400,
-        "INVALID_VALUE",
+        "INVALID_WEBHOOK_URL",
     )
     refused(
         world.admin.get(f"/admin/v1/projects/{B}/webhooks/{hook['name'].rpartition('/')[2]}"),

@@ -608,6 +608,7 @@ def cmd_create_key(args: argparse.Namespace) -> int:
     """The first key, from the machine: straight into the database."""
     from server.admin import keys
     from server.cli import _db_url
+    from server.events import audit as trail
     from server.store import db
 
     url = _db_url(args)
@@ -633,7 +634,7 @@ def cmd_create_key(args: argparse.Namespace) -> int:
                 projects=projects,
                 read_only=args.read_only,
                 expires_at=expires_at,
-                actor="cli",
+                actor=trail.ACTOR_CLI,
             )
         finally:
             await database.dispose()

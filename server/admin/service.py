@@ -21,7 +21,6 @@ from identify.admin.v1 import admin_pb2 as pb
 from identify.admin.v1 import admin_pb2_grpc
 
 from providers.kit.inputs import canonical_uuid, id_arg, text_arg
-from providers.kit.settings import check_url
 from providers.registry import Registry
 from providers.values import (
     AlreadyExists,
@@ -38,7 +37,7 @@ from server.clock import now
 from server.config import ConfigError, parse_project
 from server.edge import CLIENT_IP_HEADER
 from server.events import audit as trail
-from server.events import types
+from server.events import types, webhooks
 from server.keys import rotate_signing_key
 from server.projects import ProjectCache
 from server.requestctx import request_id
@@ -49,7 +48,6 @@ R = TypeVar("R")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 MAX_RETENTION_DAYS = 3650
-_EVENT_TYPE = re.compile(r"\*|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(\.\*)?")
 _EXTERNAL_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -196,7 +194,7 @@ def login_message(parent: names.UserName, login: store.LoginRecord) -> pb.Login:
     )
 
 
-def audit_message(project_id: str, e: events.AuditRecord) -> pb.AuditEvent:
+def audit_message(project_id: str, e: trail.AuditEvent) -> pb.AuditEvent:
     return pb.AuditEvent(
         name=f"projects/{project_id}/auditEvents/{e.event_id}",
         type=e.type,
@@ -211,11 +209,11 @@ def audit_message(project_id: str, e: events.AuditRecord) -> pb.AuditEvent:
     )
 
 
-def webhook_message(project_id: str, w: events.WebhookRecord, secret: str = "") -> pb.Webhook:
+def webhook_message(project_id: str, w: webhooks.Endpoint, secret: str = "") -> pb.Webhook:
     return pb.Webhook(
         name=f"projects/{project_id}/webhooks/{w.endpoint_id}",
         uri=w.url,
-        event_types=w.event_types,
+        event_types=list(w.event_types),
         secret=secret,
         create_time=_ts(w.created_at),
         update_time=_ts(w.updated_at),
@@ -279,30 +277,6 @@ def _retention(days: int) -> int | None:
             metadata={"field": "auditRetentionDays"},
         )
     return days or None
-
-
-def _webhook_uri(value: str) -> str:
-    try:
-        return check_url(value, "uri")
-    except ValueError as exc:
-        raise InvalidArgument("INVALID_VALUE", str(exc), metadata={"field": "uri"}) from None
-
-
-def _event_types(values: Sequence[str]) -> list[str]:
-    if not values:
-        raise InvalidArgument(
-            "MISSING_FIELD",
-            "event_types must name at least one type (or *)",
-            metadata={"field": "eventTypes"},
-        )
-    for value in values:
-        if len(value) > 64 or not _EVENT_TYPE.fullmatch(value):
-            raise InvalidArgument(
-                "INVALID_VALUE",
-                "event_types are like user.login, user.*, or *",
-                metadata={"field": "eventTypes"},
-            )
-    return sorted(set(values))
 
 
 def _event_time(value: str) -> str:
@@ -842,16 +816,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Ctx) -> pb.Webhook:
         async def work(caller: Caller) -> pb.Webhook:
             pid = names.project(request.parent, "parent")
-            uri = _webhook_uri(request.webhook.uri)
-            chosen = _event_types(request.webhook.event_types)
             await self._live_project(pid, request.parent)
-            created, secret = await events.create_webhook(
+            created, secret = await webhooks.create_endpoint(
                 self._database,
                 pid,
-                url=uri,
-                event_types=chosen,
-                now=now(),
-                event=caller.event(pid, types.ADMIN_WEBHOOK_CREATED),
+                url=request.webhook.uri,
+                event_types=request.webhook.event_types,
+                actor=caller.actor,
             )
             return webhook_message(pid, created, secret)
 
@@ -865,7 +836,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def GetWebhook(self, request: pb.GetWebhookRequest, context: Ctx) -> pb.Webhook:
         async def work(_caller: Caller) -> pb.Webhook:
             hook = names.webhook(request.name)
-            found = await events.get_webhook(self._database, hook.project_id, hook.webhook_id)
+            found = await webhooks.get_endpoint(self._database, hook.project_id, hook.webhook_id)
             if found is None:
                 raise _not_found("WEBHOOK_NOT_FOUND", "webhook", request.name)
             return webhook_message(hook.project_id, found)
@@ -884,15 +855,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             pid = names.project(request.parent, "parent")
             await self._live_project(pid, request.parent)
             scope = (pid, "webhooks")
-            page = await events.list_webhooks(
-                self._database,
-                pid,
-                limit=pages.page_size(request.page_size),
-                cursor=pages.decode_token(request.page_token, *scope),
-            )
+            # A project has at most webhooks.MAX_ENDPOINTS_PER_PROJECT, listed
+            # oldest first: a page is a slice after the cursor's endpoint.
+            size = pages.page_size(request.page_size)
+            cursor = pages.decode_token(request.page_token, *scope)
+            listed = await webhooks.list_endpoints(self._database, pid)
+            if cursor:
+                after = (int(cursor[0]), str(cursor[1]))
+                listed = [w for w in listed if (w.created_at, w.endpoint_id) > after]
+            shown, more = listed[:size], len(listed) > size
+            last = shown[-1] if more else None
             return pb.ListWebhooksResponse(
-                webhooks=[webhook_message(pid, w) for w in page.rows],
-                next_page_token=_token(page.cursor, *scope),
+                webhooks=[webhook_message(pid, w) for w in shown],
+                next_page_token=_token(
+                    [last.created_at, last.endpoint_id] if last else None, *scope
+                ),
             )
 
         return await self._run(
@@ -912,20 +889,22 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 paths = [
                     p for p, v in (("uri", given.uri), ("event_types", given.event_types)) if v
                 ]
-            values: dict[str, Any] = {}
-            if "uri" in paths:
-                values["url"] = _webhook_uri(given.uri)
-            if "event_types" in paths:
-                values["event_types"] = _event_types(given.event_types)
-            if not values:
+            if not paths:
                 raise InvalidArgument(
                     "INVALID_UPDATE_MASK",
                     "nothing to update: send uri and/or event_types",
                     metadata={"field": "updateMask"},
                 )
-            return await self._update_webhook(
-                caller, hook, given.name, values, types.ADMIN_WEBHOOK_UPDATED
+            await self._live_project(hook.project_id, given.name)
+            updated = await webhooks.update_endpoint(
+                self._database,
+                hook.project_id,
+                hook.webhook_id,
+                url=given.uri if "uri" in paths else None,
+                event_types=given.event_types if "event_types" in paths else None,
+                actor=caller.actor,
             )
+            return webhook_message(hook.project_id, updated)
 
         return await self._run(
             context,
@@ -937,13 +916,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def EnableWebhook(self, request: pb.EnableWebhookRequest, context: Ctx) -> pb.Webhook:
         async def work(caller: Caller) -> pb.Webhook:
             hook = names.webhook(request.name)
-            return await self._update_webhook(
-                caller,
-                hook,
-                request.name,
-                {"disabled_at": None, "disabled_reason": None},
-                types.ADMIN_WEBHOOK_ENABLED,
+            enabled = await webhooks.enable_endpoint(
+                self._database, hook.project_id, hook.webhook_id, actor=caller.actor
             )
+            return webhook_message(hook.project_id, enabled)
 
         return await self._run(
             context,
@@ -952,41 +928,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             work=work,
         )
 
-    async def _update_webhook(
-        self,
-        caller: Caller,
-        hook: names.WebhookName,
-        name: str,
-        values: Mapping[str, Any],
-        kind: str,
-    ) -> pb.Webhook:
-        updated = await events.update_webhook(
-            self._database,
-            hook.project_id,
-            hook.webhook_id,
-            values=values,
-            now=now(),
-            event=caller.event(hook.project_id, kind, webhookId=hook.webhook_id),
-        )
-        if updated is None:
-            raise _not_found("WEBHOOK_NOT_FOUND", "webhook", name)
-        return webhook_message(hook.project_id, updated)
-
     async def DeleteWebhook(
         self, request: pb.DeleteWebhookRequest, context: Ctx
     ) -> empty_pb2.Empty:
         async def work(caller: Caller) -> empty_pb2.Empty:
             hook = names.webhook(request.name)
-            removed = await events.delete_webhook(
-                self._database,
-                hook.project_id,
-                hook.webhook_id,
-                event=caller.event(
-                    hook.project_id, types.ADMIN_WEBHOOK_DELETED, webhookId=hook.webhook_id
-                ),
+            await webhooks.delete_endpoint(
+                self._database, hook.project_id, hook.webhook_id, actor=caller.actor
             )
-            if not removed:
-                raise _not_found("WEBHOOK_NOT_FOUND", "webhook", request.name)
             return empty_pb2.Empty()
 
         return await self._run(

@@ -40,6 +40,9 @@ from server.store.schema import audit_events, projects, webhook_deliveries
 
 ACTOR_USER = "user"
 ACTOR_SYSTEM = "system"
+# An operator at the machine, straight into the database (`identify admin
+# create-key`): the one admin action no key makes.
+ACTOR_CLI = "cli"
 ADMIN_ACTOR_PREFIX = "admin:"
 # Events about no one project (an admin key refused before a project was
 # named, say) are kept under this project id.
@@ -120,7 +123,7 @@ class AuditEvent:
 def _check(event: AuditEvent) -> None:
     if event.type not in EVENT_TYPES:
         raise ValueError(f"unknown audit event type {event.type!r} (see server/events/types.py)")
-    if event.actor not in (ACTOR_USER, ACTOR_SYSTEM) and not event.actor.startswith(
+    if event.actor not in (ACTOR_USER, ACTOR_SYSTEM, ACTOR_CLI) and not event.actor.startswith(
         ADMIN_ACTOR_PREFIX
     ):
         raise ValueError(f"unknown audit actor {event.actor!r}")

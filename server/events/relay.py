@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from standardwebhooks import Webhook
 
-from server import clock
+from server import clock, metrics
 from server.events.audit import AuditEvent, event_of
 from server.events.types import matches
 from server.store.db import Database
@@ -214,7 +214,11 @@ class Relay:
         claimed = await self.claim()
         if claimed:
             outcomes = await asyncio.gather(*(self._send(c) for c in claimed))
-            await self._database.write(lambda conn: self._settle(conn, outcomes))
+            settled = await self._database.write(lambda conn: self._settle(conn, outcomes))
+            # Counted once the transaction committed (a retried one would
+            # count twice).
+            for project_id, word in settled:
+                metrics.webhook_delivery(project_id, word)
         return fanned >= FANOUT_BATCH or len(claimed) >= CLAIM_BATCH
 
     # ---------------------------------------------------------------- fan-out
@@ -363,8 +367,10 @@ class Relay:
         return Outcome(claimed, status, f"answered HTTP {status}")
 
     # ----------------------------------------------------------------- settle
-    def _settle(self, conn: sa.Connection, outcomes: Sequence[Outcome]) -> None:
+    def _settle(self, conn: sa.Connection, outcomes: Sequence[Outcome]) -> list[tuple[str, str]]:
+        """Each delivery's new state; returns (project, outcome) for metrics."""
         now = clock.now()
+        settled: list[tuple[str, str]] = []
         for outcome in outcomes:
             claimed = outcome.claimed
             attempts = claimed.attempts + 1
@@ -382,13 +388,17 @@ class Relay:
             disable: str | None = None
             if outcome.delivered:
                 values.update(state=DELIVERED, delivered_at=now)
+                word = "delivered"
             elif claimed.event is None:
                 values.update(state=FAILED)
+                word = "dropped"
             elif outcome.status == 410:
                 values.update(state=FAILED)
                 disable = "the endpoint answered 410 Gone"
+                word = "gone"
             elif attempts >= self.settings.max_attempts:
                 values.update(state=FAILED)
+                word = "gave_up"
                 hours = (now - claimed.created_at) / 3600
                 disable = (
                     f"gave up after {attempts} failed attempts over {hours:.1f} h;"
@@ -398,6 +408,8 @@ class Relay:
                 wait = self.settings.schedule[attempts - 1]
                 jittered = max(1, round(wait * random.uniform(1 - JITTER, 1 + JITTER)))
                 values.update(next_attempt_at=now + jittered)
+                word = "retry"
+            settled.append((claimed.project_id, word))
             conn.execute(webhook_deliveries.update().where(key).values(**values))
             if disable is not None:
                 conn.execute(
@@ -415,3 +427,4 @@ class Relay:
                     claimed.endpoint_id,
                     disable,
                 )
+        return settled

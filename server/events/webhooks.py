@@ -105,7 +105,7 @@ def check_url(url: str) -> str:
     """THE webhook URL rule (see the module's docstring)."""
 
     def bad(why: str) -> InvalidArgument:
-        return InvalidArgument("INVALID_WEBHOOK_URL", f"url {why}", metadata={"field": "url"})
+        return InvalidArgument("INVALID_WEBHOOK_URL", f"uri {why}", metadata={"field": "uri"})
 
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise bad(f"must be an https:// URL of at most {MAX_URL_CHARS} characters")

@@ -13,6 +13,7 @@ from server.metrics.record import (
     rate_limit_counter_error,
     rate_limited,
     store_error,
+    webhook_delivery,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "rate_limit_counter_error",
     "rate_limited",
     "store_error",
+    "webhook_delivery",
 ]

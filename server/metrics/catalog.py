@@ -92,3 +92,10 @@ LOCKOUT_EVENTS = Counter(
     " locked (an account locked), refused (a call refused while locked).",
     ["project", "event"],
 )
+WEBHOOK_DELIVERIES = Counter(
+    "identify_webhook_deliveries",
+    "Webhook delivery attempts settled, by project and outcome: delivered, retry (failed,"
+    " tried again later), gave_up (the last attempt failed: endpoint disabled), gone (410:"
+    " endpoint disabled), dropped (its event was purged before it could be sent).",
+    ["project", "outcome"],
+)

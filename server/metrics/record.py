@@ -110,6 +110,11 @@ def lockout_event(project: str, event: str) -> None:
         _child(catalog.LOCKOUT_EVENTS, project, event).inc()
 
 
+def webhook_delivery(project: str, outcome: str) -> None:
+    if _on:
+        _child(catalog.WEBHOOK_DELIVERIES, project, outcome).inc()
+
+
 def upstream_call(outcome: str, seconds: float) -> None:
     """One request to an identity provider, for the provider of the call
     being served ("none" outside any call)."""
