@@ -291,7 +291,9 @@ def no_otel(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _connection_manager(config: str) -> dict[str, Any]:
-    [listener] = yaml.safe_load(config)["static_resources"]["listeners"]
+    """The public listener's (the admin API's listener is another)."""
+    listeners = yaml.safe_load(config)["static_resources"]["listeners"]
+    [listener] = [x for x in listeners if x["name"] == "edge"]
     return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
 
 

@@ -83,10 +83,15 @@ def _exporter(otlp: Otlp) -> SpanExporter:
 
 def _store_spans(tracer: trace.Tracer, dialect: str) -> Callable[[str, Callable[..., Any]], Any]:
     """A span per Database.read or write, named after the repo function
-    that asked (`store.get_project`): never a statement's parameters."""
+    that asked (`store.get_project`): never a statement's parameters. Only
+    within a trace: background work (the webhook relay's polls, the purges)
+    would otherwise start a trace of its own every second in every process."""
 
     @contextmanager
     def observe(access: str, fn: Callable[..., Any]) -> Iterator[trace.Span]:
+        if not trace.get_current_span().get_span_context().is_valid:
+            yield trace.INVALID_SPAN
+            return
         query = fn.__qualname__.partition(".<locals>")[0]
         with tracer.start_as_current_span(
             f"store.{query}",
