@@ -333,6 +333,14 @@ def identify_cli(
     )
 
 
+def create_admin_key(db_url: str, name: str = "root", *options: str) -> str:
+    """A new admin key, made as an operator makes the first one: `identify
+    admin create-key` on the machine, the key alone on its last line."""
+    made = identify_cli("admin", "create-key", "--db", db_url, "--name", name, *options)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
 @contextlib.contextmanager
 def moto_cognito(region: str) -> Iterator[tuple[str, Any]]:
     """moto's Cognito server on a free loopback port: (endpoint URL, boto3 client)."""

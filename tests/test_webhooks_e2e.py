@@ -4,30 +4,25 @@ the edge reach the endpoints of their own project only, signed per Standard
 Webhooks; a receiver that fails at first, one that hangs and one that
 answers 410; an endpoint given up on and disabled with its reason; and a
 server process SIGKILLed mid-delivery whose delivery another one makes.
-
-The admin API that will register endpoints is not on main yet: endpoints are
-made with `webhooks.create_endpoint` against the stack's database, as the
-admin RPC will call it."""
+Endpoints are registered, read and enabled again, and events listed, as an
+operator does it: through the admin REST API on the admin listener."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
 import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from server.events import audit, webhooks
 from server.events import types as t
-from server.events.relay import delivery_id
-from server.store.db import open_database
 from server.store.schema import audit_events, webhook_deliveries
 from tests.fakes.webhook_receiver import (
     Plan,
@@ -38,7 +33,7 @@ from tests.fakes.webhook_receiver import (
     hang_first,
     hold_first,
 )
-from tests.harness import Stack, in_store, start_stack
+from tests.harness import Stack, create_admin_key, in_store, start_stack
 
 T = TypeVar("T")
 A, B, FLAKY, HANG, GONE, DOWN, KILL = (str(uuid.uuid4()) for _ in range(7))
@@ -83,26 +78,41 @@ def receivers() -> Iterator[Callable[..., WebhookReceiver]]:
         receiver.stop()
 
 
-def against(stack: Stack, fn: Callable[[Any], Any]) -> Any:
-    async def run() -> Any:
-        database = open_database(stack.db_url, pool_size=1)
-        try:
-            return await fn(database)
-        finally:
-            await database.dispose()
+@pytest.fixture(scope="module")
+def admin(stack: Stack) -> Iterator[httpx.Client]:
+    headers = {"authorization": f"Bearer {create_admin_key(stack.db_url)}"}
+    with httpx.Client(base_url=stack.admin_http, timeout=10, headers=headers) as client:
+        yield client
 
-    return asyncio.run(run())
+
+def ok(reply: httpx.Response) -> dict[str, Any]:
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+@dataclass(frozen=True)
+class Hook:
+    project: str
+    endpoint_id: str
+    secret: str
+
+    @property
+    def path(self) -> str:
+        return f"/admin/v1/projects/{self.project}/webhooks/{self.endpoint_id}"
 
 
 def endpoint(
-    stack: Stack, project: str, receiver: WebhookReceiver, event_types: list[str]
-) -> tuple[webhooks.Endpoint, str]:
-    # Through the admin API once it lands; its RPC calls this same function.
-    made: tuple[webhooks.Endpoint, str] = against(
-        stack,
-        lambda db: webhooks.create_endpoint(db, project, url=receiver.url, event_types=event_types),
+    admin: httpx.Client, project: str, receiver: WebhookReceiver, event_types: list[str]
+) -> Hook:
+    made = ok(
+        admin.post(
+            f"/admin/v1/projects/{project}/webhooks",
+            json={"uri": receiver.url, "eventTypes": event_types},
+        )
     )
-    return made
+    # The secret is in this reply alone.
+    assert made["secret"].startswith("whsec_")
+    return Hook(project, made["name"].rpartition("/")[2], made["secret"])
 
 
 def sign_up(http: httpx.Client, project: str, *, login: bool = False) -> str:
@@ -115,16 +125,27 @@ def sign_up(http: httpx.Client, project: str, *, login: bool = False) -> str:
     return str(created.json()["data"]["userId"])
 
 
-def delivery(stack: Stack, project: str, endpoint_id: str, event_id: str) -> Any:
-    key = delivery_id(project, endpoint_id, event_id)
+def delivery(stack: Stack, hook: Hook, event_id: str) -> Any:
+    """The delivery of one event to one endpoint, read in the table: the
+    admin API shows an endpoint's state, not its deliveries' attempts,
+    statuses and errors."""
+    d = webhook_deliveries.c
     return in_store(
         stack.db_url,
         lambda conn: conn.execute(
             sa.select(webhook_deliveries).where(
-                webhook_deliveries.c.project_id == project,
-                webhook_deliveries.c.delivery_id == key,
+                d.project_id == hook.project,
+                d.endpoint_id == hook.endpoint_id,
+                d.event_id == event_id,
             )
         ).first(),
+    )
+
+
+def delivered(stack: Stack, hook: Hook, event_id: str) -> Any:
+    return wait_until(
+        "delivered",
+        lambda: (d := delivery(stack, hook, event_id)) and d.state == "delivered" and d,
     )
 
 
@@ -139,14 +160,33 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = 30) ->
         time.sleep(0.1)
 
 
-def events_of(stack: Stack, project: str, kinds: list[str]) -> list[audit.AuditEvent]:
-    found, _ = against(stack, lambda db: audit.list_events(db, project, types=kinds, page_size=500))
-    return list(found)
+def events_of(admin: httpx.Client, project: str, kinds: list[str]) -> set[str]:
+    """The ids of the project's events of these types, as the admin API
+    lists them."""
+    found = set()
+    for kind in kinds:
+        listed = ok(
+            admin.get(
+                f"/admin/v1/projects/{project}/auditEvents",
+                params={"filter": f'type = "{kind}"', "pageSize": 1000},
+            )
+        )
+        assert not listed["nextPageToken"]
+        found |= {e["name"].rpartition("/")[2] for e in listed["auditEvents"]}
+    return found
 
 
-def only_event(stack: Stack, project: str, kind: str) -> audit.AuditEvent:
-    [event] = events_of(stack, project, [kind])
-    return event
+def only_event(admin: httpx.Client, project: str, kind: str) -> str:
+    [event_id] = events_of(admin, project, [kind])
+    return event_id
+
+
+def disabled(admin: httpx.Client, hook: Hook) -> dict[str, Any]:
+    """The endpoint as the admin API shows it, once it is disabled."""
+    return wait_until(
+        "disabled",
+        lambda: (e := ok(admin.get(hook.path))) and e.get("disableTime") and e,
+    )
 
 
 def same_delivery(received: list[Received], secret: str) -> dict[str, Any]:
@@ -159,17 +199,19 @@ def same_delivery(received: list[Received], secret: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ delivered
 def test_events_reach_their_own_projects_endpoints_signed_and_none_is_lost(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     to_a, to_b = receivers(always(200)), receivers(always(204))
-    (_, secret_a), (_, secret_b) = (
-        endpoint(stack, A, to_a, ["user.*"]),
-        endpoint(stack, B, to_b, [t.USER_CREATED]),
-    )
+    hook_a = endpoint(admin, A, to_a, ["user.*"])
+    hook_b = endpoint(admin, B, to_b, [t.USER_CREATED])
+    secret_a, secret_b = hook_a.secret, hook_b.secret
     users_a = [sign_up(http, A, login=True) for _ in range(4)]
     users_b = [sign_up(http, B, login=True) for _ in range(2)]
-    listed_a = {e.event_id for e in events_of(stack, A, [t.USER_CREATED, t.USER_LOGIN])}
-    listed_b = {e.event_id for e in events_of(stack, B, [t.USER_CREATED])}
+    listed_a = events_of(admin, A, [t.USER_CREATED, t.USER_LOGIN])
+    listed_b = events_of(admin, B, [t.USER_CREATED])
     assert len(listed_a) == 8 and len(listed_b) == 2
 
     got_a = [r.verified(secret_a) for r in to_a.wait_for(8)]
@@ -207,121 +249,103 @@ def test_events_reach_their_own_projects_endpoints_signed_and_none_is_lost(
 
 # -------------------------------------------------------------------- retries
 def test_a_receiver_that_fails_at_first_gets_the_event_again_with_the_same_id(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     receiver = receivers(fail_first(2))
-    made, secret = endpoint(stack, FLAKY, receiver, [t.USER_CREATED])
+    hook = endpoint(admin, FLAKY, receiver, [t.USER_CREATED])
     sign_up(http, FLAKY)
-    event = only_event(stack, FLAKY, t.USER_CREATED)
-    payload = same_delivery(receiver.wait_for(3), secret)
-    assert payload["data"]["eventId"] == event.event_id
-    assert receiver.received[0].webhook_id == delivery_id(FLAKY, made.endpoint_id, event.event_id)
-    row = wait_until(
-        "delivered",
-        lambda: (
-            (d := delivery(stack, FLAKY, made.endpoint_id, event.event_id))
-            and d.state == "delivered"
-            and d
-        ),
-    )
+    event_id = only_event(admin, FLAKY, t.USER_CREATED)
+    payload = same_delivery(receiver.wait_for(3), hook.secret)
+    assert payload["data"]["eventId"] == event_id
+    row = delivered(stack, hook, event_id)
+    # The webhook-id a receiver dedupes on is the delivery's own id.
+    assert receiver.received[0].webhook_id == row.delivery_id
     assert (row.attempts, row.last_status, row.last_error) == (3, 204, None)
-    found = against(stack, lambda db: webhooks.get_endpoint(db, FLAKY, made.endpoint_id))
-    assert found.enabled
+    found = ok(admin.get(hook.path))
+    assert found.get("disableTime") is None and found["disabledReason"] == ""
 
 
 def test_a_receiver_that_hangs_past_the_timeout_counts_as_a_failure(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     receiver = receivers(hang_first(TIMEOUT + 2))
-    made, secret = endpoint(stack, HANG, receiver, [t.USER_CREATED, "account.*"])
+    hook = endpoint(admin, HANG, receiver, [t.USER_CREATED, "account.*"])
     sign_up(http, HANG)
-    event = only_event(stack, HANG, t.USER_CREATED)
-    same_delivery(receiver.wait_for(2), secret)
-    row = wait_until(
-        "delivered",
-        lambda: (
-            (d := delivery(stack, HANG, made.endpoint_id, event.event_id))
-            and d.state == "delivered"
-            and d
-        ),
-    )
-    assert row.attempts == 2
+    event_id = only_event(admin, HANG, t.USER_CREATED)
+    same_delivery(receiver.wait_for(2), hook.secret)
+    assert delivered(stack, hook, event_id).attempts == 2
 
 
 def test_after_the_last_attempt_the_endpoint_is_disabled_with_the_reason(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     receiver = receivers(always(500))
-    made, secret = endpoint(stack, DOWN, receiver, [t.USER_CREATED])
+    hook = endpoint(admin, DOWN, receiver, [t.USER_CREATED])
     sign_up(http, DOWN)
-    event = only_event(stack, DOWN, t.USER_CREATED)
-    disabled = wait_until(
-        "disabled",
-        lambda: (
-            (e := against(stack, lambda db: webhooks.get_endpoint(db, DOWN, made.endpoint_id)))
-            and not e.enabled
-            and e
-        ),
-    )
-    assert disabled.disabled_at is not None and disabled.disabled_reason
-    assert "gave up after 4 failed attempts" in disabled.disabled_reason
-    assert "HTTP 500" in disabled.disabled_reason
-    same_delivery(receiver.received, secret)
+    event_id = only_event(admin, DOWN, t.USER_CREATED)
+    shown = disabled(admin, hook)
+    assert "gave up after 4 failed attempts" in shown["disabledReason"]
+    assert "HTTP 500" in shown["disabledReason"]
+    same_delivery(receiver.received, hook.secret)
     assert len(receiver.received) == 4
-    row = delivery(stack, DOWN, made.endpoint_id, event.event_id)
-    assert (row.state, row.attempts, row.last_status) == ("failed", 4, 500)
-    [listed] = against(stack, lambda db: webhooks.list_deliveries(db, DOWN, made.endpoint_id))
-    assert (listed.state, listed.last_error) == ("failed", "answered HTTP 500")
+    row = delivery(stack, hook, event_id)
+    assert (row.state, row.attempts, row.last_status, row.last_error) == (
+        "failed",
+        4,
+        500,
+        "answered HTTP 500",
+    )
 
 
 def test_410_gone_disables_the_endpoint_at_once_until_it_is_enabled_again(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     receiver = receivers(always(410))
-    made, secret = endpoint(stack, GONE, receiver, [t.USER_CREATED])
+    hook = endpoint(admin, GONE, receiver, [t.USER_CREATED])
     sign_up(http, GONE)
-    first = only_event(stack, GONE, t.USER_CREATED)
-    disabled = wait_until(
-        "disabled",
-        lambda: (
-            (e := against(stack, lambda db: webhooks.get_endpoint(db, GONE, made.endpoint_id)))
-            and not e.enabled
-            and e
-        ),
-    )
-    assert disabled.disabled_reason == "the endpoint answered 410 Gone"
+    first = only_event(admin, GONE, t.USER_CREATED)
+    assert disabled(admin, hook)["disabledReason"] == "the endpoint answered 410 Gone"
     assert len(receiver.received) == 1
-    row = delivery(stack, GONE, made.endpoint_id, first.event_id)
+    row = delivery(stack, hook, first)
     assert (row.state, row.attempts, row.last_status) == ("failed", 1, 410)
 
     # While disabled, new events are fanned out to no delivery for it.
     sign_up(http, GONE)
-    [second] = [e for e in events_of(stack, GONE, [t.USER_CREATED]) if e.event_id != first.event_id]
+    [second] = events_of(admin, GONE, [t.USER_CREATED]) - {first}
 
     def fanned(conn: sa.Connection) -> bool:
         return bool(
             conn.execute(
                 sa.select(audit_events.c.fanned_out).where(
                     audit_events.c.project_id == GONE,
-                    audit_events.c.event_id == second.event_id,
+                    audit_events.c.event_id == second,
                 )
             ).scalar_one()
         )
 
     wait_until("fanned out", lambda: in_store(stack.db_url, fanned))
-    assert delivery(stack, GONE, made.endpoint_id, second.event_id) is None
+    assert delivery(stack, hook, second) is None
 
     receiver.plan = always(200)
-    enabled = against(stack, lambda db: webhooks.enable_endpoint(db, GONE, made.endpoint_id))
-    assert enabled.enabled and enabled.disabled_reason is None
+    enabled = ok(admin.post(f"{hook.path}:enable", json={}))
+    assert enabled.get("disableTime") is None and enabled["disabledReason"] == ""
+    assert ok(admin.get(hook.path)).get("disableTime") is None
     sign_up(http, GONE)
-    [third] = [
-        e
-        for e in events_of(stack, GONE, [t.USER_CREATED])
-        if e.event_id not in (first.event_id, second.event_id)
-    ]
-    got = receiver.wait_for(2)[1].verified(secret)
-    assert got["data"]["eventId"] == third.event_id
+    [third] = events_of(admin, GONE, [t.USER_CREATED]) - {first, second}
+    got = receiver.wait_for(2)[1].verified(hook.secret)
+    assert got["data"]["eventId"] == third
 
 
 # ------------------------------------------------------------- a process dies
@@ -343,14 +367,17 @@ def sender_pid(port: int, pids: list[int]) -> int | None:
 
 
 def test_a_delivery_held_by_a_killed_process_is_made_by_another(
-    stack: Stack, http: httpx.Client, receivers: Callable[..., WebhookReceiver]
+    stack: Stack,
+    admin: httpx.Client,
+    http: httpx.Client,
+    receivers: Callable[..., WebhookReceiver],
 ) -> None:
     receiver = receivers(
         hold_first(), whose=lambda port: sender_pid(port, list(stack.worker_pids().values()))
     )
-    made, secret = endpoint(stack, KILL, receiver, [t.USER_CREATED])
+    hook = endpoint(admin, KILL, receiver, [t.USER_CREATED])
     sign_up(http, KILL)
-    event = only_event(stack, KILL, t.USER_CREATED)
+    event_id = only_event(admin, KILL, t.USER_CREATED)
     [held] = receiver.wait_for(1)
     victim = held.sender
     assert victim is not None
@@ -358,16 +385,9 @@ def test_a_delivery_held_by_a_killed_process_is_made_by_another(
     # The dead process's claim runs out; another relay takes the delivery.
     first, again = receiver.wait_for(2, timeout=40)
     assert again.sender is not None and again.sender != victim
-    payload = same_delivery([first, again], secret)
-    assert payload["data"]["eventId"] == event.event_id
-    row = wait_until(
-        "delivered",
-        lambda: (
-            (d := delivery(stack, KILL, made.endpoint_id, event.event_id))
-            and d.state == "delivered"
-            and d
-        ),
-    )
+    payload = same_delivery([first, again], hook.secret)
+    assert payload["data"]["eventId"] == event_id
+    row = delivered(stack, hook, event_id)
     # The killed attempt was never settled: only the second one counted.
     assert row.attempts == 1
     receiver.release()
