@@ -284,3 +284,11 @@ class Provider(Generic[S]):
 
     async def logout(self, req: Request) -> Reply:
         raise self._unsupported("logout")
+
+    async def delete_account(self, user: User) -> None:
+        """Delete `user`'s account at the upstream identity provider (the
+        admin API's erasure with delete_upstream). Called before our rows
+        are erased, and only they depend on it: raise a domain error and
+        nothing of ours is erased. An account already gone upstream counts
+        as deleted (return normally), so a retried erasure completes."""
+        raise self._unsupported("deleting the account upstream")

@@ -213,6 +213,11 @@ ROWS = [
         FailedPrecondition,
         "PROVIDER_MISCONFIGURED",
     ),
+    # The admin API's erasure: the provider treats NotFound as done.
+    ("UserNotFoundException", op.DELETE_ACCOUNT, NotFound, "UPSTREAM_USER_NOT_FOUND"),
+    ("AccessDeniedException", op.DELETE_ACCOUNT, FailedPrecondition, "PROVIDER_MISCONFIGURED"),
+    ("NotAuthorizedException", op.DELETE_ACCOUNT, FailedPrecondition, "PROVIDER_MISCONFIGURED"),
+    ("ResourceNotFoundException", op.DELETE_ACCOUNT, FailedPrecondition, "PROVIDER_MISCONFIGURED"),
 ]
 
 

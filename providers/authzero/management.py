@@ -1,6 +1,7 @@
 """The slice of the Auth0 Management API that authZero uses: a
 client-credentials token (cached until shortly before it expires, fetched by
-one caller at a time) and `PATCH /api/v2/users/{id}`.
+one caller at a time), `PATCH /api/v2/users/{id}` (scope `update:users`) and
+`DELETE /api/v2/users/{id}` (scope `delete:users`, the admin API's erasure).
 
 Auth0 rate-limits both endpoints per tenant, so the token is reused across
 calls and a 401 refetches it once, never in a loop.
@@ -68,22 +69,43 @@ class Auth0Management:
         body: dict[str, Any] = {"username": username}
         if self._cfg.connection:
             body["connection"] = self._cfg.connection
+        self._raise_for_patch(await self._send("PATCH", user_id, json=body))
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete the Auth0 user; one that no longer exists counts as deleted."""
+        resp = await self._send("DELETE", user_id)
+        status = resp.status_code
+        if status in (200, 204, 404):
+            return
+        if status in (401, 403):
+            log.error(
+                "Auth0 Management API refused to delete a user (HTTP %d); the application"
+                " needs the delete:users scope",
+                status,
+            )
+            raise misconfigured(PROVIDER, "the Management API token (scope delete:users)")
+        if status == 429:
+            raise rate_limited(PROVIDER, self._retry_after(resp))
+        raise upstream_error(PROVIDER, status)
+
+    async def _send(self, method: str, user_id: str, **kwargs: Any) -> httpx.Response:
         url = self._cfg.api_url + "users/" + quote(user_id, safe="")
         token: str | None = None
         for attempt in (1, 2):
             token = await self._access_token(stale=token)
             resp = await guarded(
-                self._http.patch(
+                self._http.request(
+                    method,
                     url,
-                    json=body,
                     headers={"Authorization": f"Bearer {token}"},
                     timeout=self._cfg.timeout,
+                    **kwargs,
                 )
             )
             if resp.status_code == 401 and attempt == 1:
                 continue  # revoked or rotated upstream: one fresh token, one retry
-            self._raise_for_patch(resp)
-            return
+            return resp
+        raise AssertionError("unreachable: the second attempt returns")
 
     async def _access_token(self, *, stale: str | None) -> str:
         async with self._lock:

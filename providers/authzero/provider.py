@@ -6,6 +6,8 @@ What differs from a generic issuer:
   tokens under their own name while the Management API keeps the tenant's).
 - Auth0 keeps a username on its user: with Management API credentials a
   changed username is written there too (PATCH /api/v2/users/{id}).
+- With Management API credentials the admin API's erasure can delete the
+  Auth0 user too (DELETE /api/v2/users/{id}, scope delete:users).
 - Machine-to-machine tokens (`gty: client-credentials`) verify but name no
   user, so they are refused.
 
@@ -28,7 +30,7 @@ from providers.base import ProviderContext
 from providers.kit.jwt import Claims, VerifierConfig
 from providers.kit.settings import SettingsError, SettingsReader
 from providers.oidc import OidcProvider, OidcSettings
-from providers.values import Unauthenticated
+from providers.values import Unauthenticated, User
 
 _DOMAIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?")
 
@@ -81,6 +83,15 @@ class AuthZeroProvider(OidcProvider):
     async def push_username(self, claims: Claims, username: str) -> None:
         if self.management is not None:
             await self.management.set_username(claims["sub"], username)
+
+    async def delete_account(self, user: User) -> None:
+        if self.management is None:
+            raise self._unsupported(
+                "deleting the account upstream without Management API credentials"
+                " (managementClientId, managementClientSecret)"
+            )
+        # The token's `sub` is the Auth0 user id (`auth0|…`, `google-oauth2|…`).
+        await self.management.delete_user(user.subject)
 
 
 def _domain_base(s: SettingsReader) -> str | None:

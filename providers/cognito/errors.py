@@ -57,6 +57,7 @@ CHANGE_PASSWORD: Final = "change_password"
 FORGOT_PASSWORD: Final = "forgot_password"
 CONFIRM_FORGOT_PASSWORD: Final = "confirm_forgot_password"
 LOGOUT: Final = "logout"
+DELETE_ACCOUNT: Final = "delete_account"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ _UPSTREAM_ERROR = Rule(
     Unavailable, "UPSTREAM_ERROR", "Cognito could not complete the request; try again later", 1.0
 )
 _INVALID_CODE = Rule(InvalidArgument, "INVALID_CODE", "the confirmation code is wrong")
+# The admin API's erasure runs on the project's AWS credentials, not on a
+# user's token: a refusal is the operator's IAM policy.
+_MAY_NOT_DELETE = Rule(
+    FailedPrecondition,
+    "PROVIDER_MISCONFIGURED",
+    "the AWS credentials of this project may not delete users of the user pool"
+    " (IAM permission cognito-idp:AdminDeleteUser); nothing was erased",
+)
 
 TABLE: Final[dict[tuple[str, str | None], Rule]] = {
     # --- who the user is
@@ -126,6 +135,10 @@ TABLE: Final[dict[tuple[str, str | None], Rule]] = {
     ("UserNotFoundException", CONFIRM_FORGOT_PASSWORD): _INVALID_CODE,
     ("UserNotFoundException", GET_USER): Rule(
         Unauthenticated, "INVALID_TOKEN", "the user of this token no longer exists"
+    ),
+    # Already gone upstream: the erasure treats this one as done.
+    ("UserNotFoundException", DELETE_ACCOUNT): Rule(
+        NotFound, "UPSTREAM_USER_NOT_FOUND", "the user no longer exists in the user pool"
     ),
     ("UserNotConfirmedException", None): Rule(
         FailedPrecondition,
@@ -201,6 +214,8 @@ TABLE: Final[dict[tuple[str, str | None], Rule]] = {
     ("AccessDeniedException", None): _MISCONFIGURED,
     ("InvalidSignatureException", None): _MISCONFIGURED,
     ("ExpiredTokenException", None): _MISCONFIGURED,
+    ("AccessDeniedException", DELETE_ACCOUNT): _MAY_NOT_DELETE,
+    ("NotAuthorizedException", DELETE_ACCOUNT): _MAY_NOT_DELETE,
 }
 
 
@@ -269,7 +284,7 @@ def _client_error(exc: ClientError, operation: str) -> ProviderError:
     status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
     rule = rule_for(code, operation)
     if rule is not None:
-        if rule is _MISCONFIGURED or rule.error is Unavailable:
+        if rule.reason == _MISCONFIGURED.reason or rule.error is Unavailable:
             log.error("cognito %s: %s (HTTP %s)", operation, code, status)
         return rule.build()
     # Logged by code and status only: the message can echo the user's input.

@@ -327,6 +327,24 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
         return Reply(message="password has been reset", data={})
 
+    # ------------------------------------------------------------- erasure
+    async def delete_account(self, user: User) -> None:
+        # Cognito's username, learnt at the first sign-in. A user who signed
+        # up here and never signed in has none yet: sign-up sent the email as
+        # the username, which is the username (plain pools) or an alias
+        # (email-as-username pools). The sub is the last resort AWS accepts.
+        email = user.attributes.get("email")
+        username = user.username or (email if isinstance(email, str) and email else user.subject)
+        try:
+            await self._api.call(
+                op.DELETE_ACCOUNT,
+                "admin_delete_user",
+                UserPoolId=self.settings.user_pool_id,
+                Username=username,
+            )
+        except NotFound:
+            pass  # deleted in the console, or by an earlier erasure that failed after it
+
     # -------------------------------------------------------------- helpers
     def _client_params(self, username: str) -> dict[str, str]:
         params = {"ClientId": self.settings.client_id}

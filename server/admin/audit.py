@@ -59,7 +59,7 @@ async def record_refusal(database: Database, event: AuditEvent) -> None:
     await trail.record_alone(database, event.to_trail())
 
 
-def forget_user(conn: sa.Connection, project_id: str, user_id: str) -> None:
+def forget_user(conn: sa.Connection, project_id: str, user_id: str) -> str:
     """In an erasure's transaction: the user's audit events keep only a
-    pseudonym (the `user.deleted` event just recorded included)."""
-    trail.pseudonymize_user(conn, project_id, user_id)
+    pseudonym, which is returned for the `user.deleted` event."""
+    return trail.pseudonymize_user(conn, project_id, user_id)

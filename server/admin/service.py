@@ -40,7 +40,7 @@ from server.events import audit as trail
 from server.events import types, webhooks
 from server.keys import rotate_signing_key
 from server.projects import ProjectCache
-from server.requestctx import request_id
+from server.requestctx import call_var, request_id
 from server.store.db import Database
 from server.tokens import PROFILE_TOKEN_TTL, RETIRED_KEY_GRACE
 
@@ -252,6 +252,17 @@ def signing_key_message(k: store.SigningKeyRecord, at: int) -> pb.SigningKey:
 # --------------------------------------------------------------------------
 def _not_found(reason: str, what: str, name: str) -> NotFound:
     return NotFound(reason, f"no such {what}", metadata={"name": name[:512]})
+
+
+def _no_upstream_delete(why: str) -> FailedPrecondition:
+    # 400 FAILED_PRECONDITION, not the provider's INVALID_ARGUMENT: the
+    # request is fine, the user's provider cannot do it (anonymous, social
+    # and OIDC accounts have nothing upstream to delete through an API).
+    return FailedPrecondition(
+        "UPSTREAM_DELETE_NOT_SUPPORTED",
+        f"{why}; nothing was erased: delete the account upstream, then call again"
+        " without delete_upstream",
+    )
 
 
 def _token(cursor: Sequence[Any] | None, *scope: str) -> str:
@@ -619,17 +630,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         async def work(caller: Caller) -> empty_pb2.Empty:
             user = names.user(request.name)
             if request.delete_upstream:
-                raise FailedPrecondition(
-                    "UPSTREAM_DELETE_NOT_SUPPORTED",
-                    "deleting the upstream account (Cognito, Auth0) is not available yet;"
-                    " nothing was erased: delete it there, then call again without"
-                    " delete_upstream",
-                )
+                # Upstream first: had ours gone first, a failure upstream
+                # would leave an account nobody can find to delete again.
+                await self._delete_upstream(await self._user(user))
             erased = await store.erase_user(
                 self._database,
                 user.project_id,
                 user.user_id,
-                event=caller.event(user.project_id, types.USER_DELETED, user_id=user.user_id),
+                event=caller.event(
+                    user.project_id,
+                    types.USER_DELETED,
+                    user_id=user.user_id,
+                    upstreamDeleted=request.delete_upstream,
+                ),
             )
             if not erased:
                 raise _not_found("USER_NOT_FOUND", "user", request.name)
@@ -641,6 +654,29 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             target=lambda: Target(names.user(request.name).project_id),
             work=work,
         )
+
+    async def _delete_upstream(self, user: User) -> None:
+        """The user's account at its provider, deleted by the project's own
+        provider instance; its domain error (why) when that fails."""
+        loaded = await self._projects.get(user.project_id)
+        if loaded is None or user.provider not in loaded.settings:
+            raise _no_upstream_delete(
+                f"provider {user.provider} is no longer enabled in this project"
+            )
+        if self._registry.get(user.provider) is None:
+            raise _no_upstream_delete(f"provider {user.provider} is not available in this build")
+        provider = self._projects.provider(loaded, user.provider)
+        call = call_var.get()
+        if call is not None:
+            # Validated names (our row, enabled here): the upstream call's
+            # metrics and logs are labelled with them, as on the public API.
+            call.project, call.provider = loaded.project.id, user.provider
+        try:
+            await provider.delete_account(user)
+        except InvalidArgument as exc:
+            if exc.reason != "OPERATION_NOT_SUPPORTED":
+                raise
+            raise _no_upstream_delete(exc.message) from None
 
     async def RevokeUserSessions(
         self, request: pb.RevokeUserSessionsRequest, context: Ctx

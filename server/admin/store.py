@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -375,8 +375,11 @@ async def erase_user(
         conn.execute(
             users.delete().where(users.c.project_id == project_id, users.c.user_id == user_id)
         )
-        audit.record(conn, event)
-        audit.forget_user(conn, project_id, user_id)
+        # The user's events lose device, IP and data; the erasure's own event
+        # is then written under the pseudonym as they are, but keeps its data
+        # (upstreamDeleted), which names no one.
+        alias = audit.forget_user(conn, project_id, user_id)
+        audit.record(conn, replace(event, user_id=alias, device_id=None, client_ip=None))
         return True
 
     return await database.write(run)

@@ -1,6 +1,7 @@
 """A local OpenID Connect issuer for tests: JWKS, discovery, userinfo, and the
-two Auth0 endpoints the authZero provider calls (client-credentials
-`/oauth/token`, Management API `PATCH /api/v2/users/{id}`).
+Auth0 endpoints the authZero provider calls (client-credentials
+`/oauth/token`, Management API `PATCH` and `DELETE /api/v2/users/{id}`, each
+checking the token's scope as Auth0 does).
 
 Keys are made with `cryptography`; tokens are minted with any alg, kid and
 claims, including the forgeries a verifier must refuse (`alg: none`, HS256
@@ -99,6 +100,7 @@ class FakeIssuer:
         alg: str = "RS256",
         management_clients: dict[str, str] | None = None,
         management_token_ttl: int = 86400,
+        management_scopes: tuple[str, ...] = ("update:users", "delete:users"),
     ) -> None:
         self.mode: Mode = "ok"
         self._lock = threading.Lock()
@@ -112,8 +114,13 @@ class FakeIssuer:
         self.auth0_users: dict[str, dict[str, Any]] = {}
         self.management_clients = dict(management_clients or {})
         self.management_token_ttl = management_token_ttl
-        self._mgmt_tokens: dict[str, float] = {}
+        self.management_scopes = management_scopes
+        # token -> (expiry, scopes granted)
+        self._mgmt_tokens: dict[str, tuple[float, frozenset[str]]] = {}
         self.patch_authorizations: list[str] = []
+        self.delete_requests: list[str] = []
+        # An HTTP status every DELETE answers instead (an Auth0 outage), or None.
+        self.delete_failure: int | None = None
 
         self.current = SigningKey.generate(alg)
         self.published: list[SigningKey] = [self.current]
@@ -131,6 +138,9 @@ class FakeIssuer:
 
             def do_PATCH(self) -> None:
                 fake._handle(self, "PATCH")
+
+            def do_DELETE(self) -> None:
+                fake._handle(self, "DELETE")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -246,9 +256,11 @@ class FakeIssuer:
             status, body = 503, {"error": "temporarily_unavailable"}
         else:
             status, body = self._route(method, parts.path, h.headers.get("Authorization"), raw)
-        payload = json.dumps(body).encode()
+        # 204 No Content carries no body (Auth0's answer to a DELETE).
+        payload = json.dumps(body).encode() if status != 204 else b""
         h.send_response(status)
-        h.send_header("Content-Type", "application/json; charset=utf-8")
+        if payload:
+            h.send_header("Content-Type", "application/json; charset=utf-8")
         h.send_header("Content-Length", str(len(payload)))
         h.end_headers()
         try:
@@ -279,6 +291,8 @@ class FakeIssuer:
             return self._patch_user(
                 unquote(path.removeprefix("/api/v2/users/")), authorization, raw
             )
+        if method == "DELETE" and path.startswith("/api/v2/users/"):
+            return self._delete_user(unquote(path.removeprefix("/api/v2/users/")), authorization)
         return 404, {"error": "not_found"}
 
     def _userinfo(self, authorization: str | None) -> tuple[int, Any]:
@@ -313,22 +327,42 @@ class FakeIssuer:
         if form.get("audience") != self.management_audience:
             return 403, {"error": "access_denied", "error_description": "Service not enabled"}
         token = secrets.token_urlsafe(24)
+        scopes = frozenset(self.management_scopes)
         with self._lock:
-            self._mgmt_tokens[token] = time.time() + self.management_token_ttl
+            self._mgmt_tokens[token] = (time.time() + self.management_token_ttl, scopes)
         return 200, {
             "access_token": token,
             "expires_in": self.management_token_ttl,
-            "scope": "update:users",
+            "scope": " ".join(sorted(scopes)),
             "token_type": "Bearer",
         }
+
+    def _management_refusal(
+        self, authorization: str | None, scope: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        """Auth0's answer to a Management API call whose token is unknown,
+        expired or lacks `scope`; None when the token may make the call."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        with self._lock:
+            expiry, scopes = self._mgmt_tokens.get(token, (0.0, frozenset()))
+        if expiry <= time.time():
+            return 401, {"statusCode": 401, "error": "Unauthorized", "message": "Invalid token"}
+        if scope not in scopes:
+            return 403, {
+                "statusCode": 403,
+                "error": "Forbidden",
+                "message": f"Insufficient scope, expected any of: {scope}",
+                "errorCode": "insufficient_scope",
+            }
+        return None
 
     def _patch_user(self, user_id: str, authorization: str | None, raw: bytes) -> tuple[int, Any]:
         token = (authorization or "").removeprefix("Bearer ").strip()
         with self._lock:
             self.patch_authorizations.append(token)
-            valid = self._mgmt_tokens.get(token, 0) > time.time()
-        if not valid:
-            return 401, {"statusCode": 401, "error": "Unauthorized", "message": "Invalid token"}
+        refusal = self._management_refusal(authorization, "update:users")
+        if refusal is not None:
+            return refusal
         try:
             changes = json.loads(raw)
         except ValueError:
@@ -365,3 +399,25 @@ class FakeIssuer:
                 }
             user.update(changes)
             return 200, dict(user)
+
+    def _delete_user(self, user_id: str, authorization: str | None) -> tuple[int, Any]:
+        with self._lock:
+            self.delete_requests.append(user_id)
+        refusal = self._management_refusal(authorization, "delete:users")
+        if refusal is not None:
+            return refusal
+        if self.delete_failure is not None:
+            return self.delete_failure, {
+                "statusCode": self.delete_failure,
+                "error": "Internal Server Error",
+                "message": "Something went wrong",
+            }
+        with self._lock:
+            if self.auth0_users.pop(user_id, None) is None:
+                return 404, {
+                    "statusCode": 404,
+                    "error": "Not Found",
+                    "message": "The user does not exist.",
+                    "errorCode": "inexistent_user",
+                }
+        return 204, None
