@@ -827,6 +827,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     {"user_id": ("=",), "type": ("=",), "event_time": comparisons},
                 )
             ]
+            for c in conditions:
+                if c.field == "type" and c.value not in types.EVENT_TYPES:
+                    raise InvalidArgument(
+                        "INVALID_FILTER",
+                        f"unknown event type {c.value[:64]!r} (see the README's event types)",
+                        metadata={"field": "filter"},
+                    )
             await self._live_project(pid, request.parent)
             scope = (pid, request.filter)
             page = await events.list_audit_events(

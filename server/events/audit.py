@@ -17,8 +17,6 @@ name one, and the tests read the whole table after a run with known secrets.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -26,13 +24,12 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from providers.values import InvalidArgument
 from server import clock
 from server.events.types import EVENT_TYPES
 from server.store.db import Database
@@ -49,8 +46,6 @@ ADMIN_ACTOR_PREFIX = "admin:"
 NO_PROJECT = "-"
 DEFAULT_RETENTION_DAYS = 90
 MAX_DATA_CHARS = 1024
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 # Purge: rows per DELETE, and the pause between two. On SQLite every write
 # waits for the one writer; a DELETE of 500 indexed rows holds it ~ms, while
 # one of a million rows would hold every login out for seconds.
@@ -215,86 +210,6 @@ def event_of(row: Any) -> AuditEvent:
         event_id=row.event_id,
         at=int(row.at),
     )
-
-
-# -------------------------------------------------------------------- list
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
-
-
-def _token(at: int, event_id: str, fingerprint: str) -> str:
-    raw = json.dumps([at, event_id, fingerprint], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _bad_token() -> InvalidArgument:
-    return InvalidArgument(
-        "INVALID_PAGE_TOKEN",
-        "pageToken is not one this list returned (with the same filters)",
-        metadata={"field": "pageToken"},
-    )
-
-
-def _untoken(token: str, fingerprint: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        at, event_id, made_for = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise _bad_token() from exc
-    if made_for != fingerprint or not isinstance(at, int) or not isinstance(event_id, str):
-        raise _bad_token()
-    return at, event_id
-
-
-async def list_events(
-    database: Database,
-    project_id: str,
-    *,
-    user_id: str | None = None,
-    types: Collection[str] | None = None,
-    since: int | None = None,
-    until: int | None = None,
-    page_size: int = DEFAULT_PAGE_SIZE,
-    page_token: str | None = None,
-) -> tuple[list[AuditEvent], str]:
-    """A project's events, newest first: those of `user_id`, of `types`, at
-    or after `since` and before `until` (Unix seconds). Returns the page and
-    the token of the next one ("" after the last). Tokens are opaque and
-    stable (they name the last event shown, not an offset, so events added
-    meanwhile shift nothing); one made for other filters is refused
-    (INVALID_PAGE_TOKEN), as is an unknown type (INVALID_EVENT_TYPE)."""
-    wanted = sorted(set(types or ()))
-    for name in wanted:
-        if name not in EVENT_TYPES:
-            raise InvalidArgument(
-                "INVALID_EVENT_TYPE",
-                f"unknown event type {name[:64]!r}",
-                metadata={"field": "type"},
-            )
-    size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
-    fingerprint = _fingerprint(project_id, user_id, wanted, since, until)
-    c = audit_events.c
-    query = sa.select(audit_events).where(c.project_id == project_id)
-    if user_id is not None:
-        query = query.where(c.user_id == user_id)
-    if wanted:
-        query = query.where(c.type.in_(wanted))
-    if since is not None:
-        query = query.where(c.at >= since)
-    if until is not None:
-        query = query.where(c.at < until)
-    if page_token:
-        at, event_id = _untoken(page_token, fingerprint)
-        query = query.where(sa.or_(c.at < at, sa.and_(c.at == at, c.event_id < event_id)))
-    query = query.order_by(c.at.desc(), c.event_id.desc()).limit(size + 1)
-
-    def run(conn: sa.Connection) -> list[AuditEvent]:
-        return [event_of(row) for row in conn.execute(query)]
-
-    found = await database.read(run)
-    page = found[:size]
-    more = len(found) > size
-    return page, _token(page[-1].at, page[-1].event_id, fingerprint) if more else ""
 
 
 # ------------------------------------------------------------- GDPR erasure
