@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import sqlalchemy as sa
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.store.db import open_database
@@ -419,3 +420,34 @@ class BackgroundClients:
         self._stop.set()
         for t in self._threads:
             t.join(self._timeout + 5)
+
+
+# ------------------------------------------------------------ /metrics
+class Scrape:
+    """One scrape of a stack's /metrics, parsed by prometheus-client."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (sample.name, dict(sample.labels), sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include these."""
+        return sum(
+            v
+            for n, got, v in self.samples
+            if n == name and all(got.get(k) == want for k, want in labels.items())
+        )
+
+    def names(self) -> set[str]:
+        return {n for n, _, _ in self.samples}
+
+
+def scrape(stack: Stack) -> Scrape:
+    reply = httpx.get(stack.metrics_url, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return Scrape(reply.text)

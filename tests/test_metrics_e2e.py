@@ -23,11 +23,17 @@ import pytest
 from google.protobuf import struct_pb2
 from identify.v1 import identify_pb2 as pb
 from identify.v1 import identify_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics.exposition import MULTIPROC_ENV
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, error_reason, free_port, identify_cli, start_stack
+from tests.harness import (
+    Stack,
+    error_reason,
+    free_port,
+    identify_cli,
+    scrape,
+    start_stack,
+)
 
 PROJECT, CAPPED, DEAD_ISSUER = (str(uuid.uuid4()) for _ in range(3))
 AUDIENCE = "https://api.metrics.test"
@@ -79,35 +85,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, issuer: FakeIssuer) -> Itera
     )
     yield s
     s.stop()
-
-
-# --------------------------------------------------------------- scraping
-class Scrape:
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: list[tuple[str, dict[str, str], float]] = [
-            (sample.name, dict(sample.labels), sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        ]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of `name`'s samples whose labels include these."""
-        return sum(
-            v
-            for n, got, v in self.samples
-            if n == name and all(got.get(k) == want for k, want in labels.items())
-        )
-
-    def names(self) -> set[str]:
-        return {n for n, _, _ in self.samples}
-
-
-def scrape(stack: Stack) -> Scrape:
-    reply = httpx.get(stack.metrics_url, timeout=10)
-    assert reply.status_code == 200, reply.text
-    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return Scrape(reply.text)
 
 
 # ------------------------------------------------------------------ calls

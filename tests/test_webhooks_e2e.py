@@ -33,7 +33,7 @@ from tests.fakes.webhook_receiver import (
     hang_first,
     hold_first,
 )
-from tests.harness import Stack, create_admin_key, in_store, start_stack
+from tests.harness import Stack, create_admin_key, in_store, scrape, start_stack
 
 T = TypeVar("T")
 A, B, FLAKY, HANG, GONE, DOWN, KILL = (str(uuid.uuid4()) for _ in range(7))
@@ -304,6 +304,11 @@ def test_after_the_last_attempt_the_endpoint_is_disabled_with_the_reason(
         500,
         "answered HTTP 500",
     )
+    # What an operator alerts on: the settled attempts, summed over processes.
+    seen = scrape(stack)
+    deliveries = "identify_webhook_deliveries_total"
+    assert seen.value(deliveries, project=DOWN, outcome="retry") == 3
+    assert seen.value(deliveries, project=DOWN, outcome="gave_up") == 1
 
 
 def test_410_gone_disables_the_endpoint_at_once_until_it_is_enabled_again(
@@ -320,6 +325,9 @@ def test_410_gone_disables_the_endpoint_at_once_until_it_is_enabled_again(
     assert len(receiver.received) == 1
     row = delivery(stack, hook, first)
     assert (row.state, row.attempts, row.last_status) == ("failed", 1, 410)
+    assert (
+        scrape(stack).value("identify_webhook_deliveries_total", project=GONE, outcome="gone") == 1
+    )
 
     # While disabled, new events are fanned out to no delivery for it.
     sign_up(http, GONE)
