@@ -7,7 +7,6 @@ envelope. Every failure becomes a status in server/errors.py."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,6 +31,7 @@ from providers.values import (
 )
 from server import errors, tokens
 from server.clock import now
+from server.detached import Detached
 from server.edge import CLIENT_IP_HEADER
 from server.events import calls
 from server.keys import KeyStore
@@ -245,8 +245,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         self._projects = projects
         self._keys = keys
         self._database = database
-        # Strong references: the loop keeps only weak ones to running tasks.
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._detached = Detached()
 
     # ---------------------------------------------------------------- RPCs
     async def CreateUser(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
@@ -366,12 +365,12 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
 
     async def _run(self, context: Ctx, work: Callable[[], Awaitable[R]]) -> R:
         try:
-            return await self._detached(work())
+            return await self._detached.run(work())
         except Exception as exc:
             status = errors.to_status(exc, request_id())
             if calls.records_refusal():
                 # Detached too: a client hanging up must not cut its write.
-                await self._detached(calls.after_refusal(self._database))
+                await self._detached.run(calls.after_refusal(self._database))
             await context.abort_with_status(status)
         raise AssertionError("unreachable: abort_with_status raises")
 
@@ -426,19 +425,3 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 metadata={"provider": provider, "strategy": strategy[:64]},
             )
         return loaded, self._projects.provider(loaded, provider), strategy
-
-    async def _detached(self, work: Awaitable[R]) -> R:
-        """Run the call's work in its own task that a client hanging up cannot
-        cancel: a transaction cut half-way would hold SQLite's write lock (or a
-        pooled connection) until it timed out, and the next callers would wait.
-        The work finishes, and its result is dropped."""
-        task = asyncio.ensure_future(work)
-        self._inflight.add(task)
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
-
-    def _finished(self, task: asyncio.Future[Any]) -> None:
-        self._inflight.discard(task)
-        # Retrieve the outcome of work nobody awaits any more (client gone).
-        if not task.cancelled():
-            task.exception()

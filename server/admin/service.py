@@ -8,7 +8,6 @@ Every failure becomes a status in server/errors.py, as on the public API."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from server.admin import audit, events, keys, names, pages, store
 from server.admin.audit import AuditEvent
 from server.clock import now
 from server.config import ConfigError, parse_project
+from server.detached import Detached
 from server.edge import CLIENT_IP_HEADER
 from server.events import audit as trail
 from server.events import types, webhooks
@@ -308,7 +308,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._database = database
         self._registry = registry
         self._projects = projects
-        self._inflight: set[asyncio.Future[Any]] = set()
+        self._detached = Detached()
 
     # ------------------------------------------------------------ plumbing
     async def _run(
@@ -324,7 +324,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             return await work(caller)
 
         try:
-            return await self._detached(guarded())
+            return await self._detached.run(guarded())
         except Exception as exc:
             await context.abort_with_status(errors.to_status(exc, request_id()))
         raise AssertionError("unreachable: abort_with_status raises")
@@ -372,19 +372,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 reason=reason,
             ),
         )
-
-    async def _detached(self, work: Awaitable[R]) -> R:
-        # As in server/servicer.py: a client hanging up must not cut a
-        # transaction half-way.
-        task = asyncio.ensure_future(work)
-        self._inflight.add(task)
-        task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
-
-    def _finished(self, task: asyncio.Future[Any]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled():
-            task.exception()
 
     async def _live_project(self, project_id: str, name: str) -> store.ProjectRecord:
         record = await store.get_project(self._database, project_id)
