@@ -82,6 +82,12 @@ class Stack:
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.http, timeout=10, **kwargs)
 
+    def admin_client(self, key: str) -> httpx.Client:
+        """The admin API's REST side, with an admin key (create_admin_key)."""
+        return httpx.Client(
+            base_url=self.admin_http, timeout=10, headers={"authorization": f"Bearer {key}"}
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -30,6 +30,7 @@ from tests.fakes.oidc_issuer import FakeIssuer
 from tests.harness import (
     Stack,
     count_rows,
+    create_admin_key,
     identify_cli,
     in_store,
     refused,
@@ -101,13 +102,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
         ]
     }
     stack = start_stack(tmp_path_factory.mktemp("admin"), config, db_url=db_url)
-    made = identify_cli("admin", "create-key", "--db", db_url, "--name", "root")
-    assert made.returncode == 0, made.stderr
-    root = made.stdout.strip().splitlines()[-1]
+    root = create_admin_key(db_url)
     public = stack.client()
-    admin = httpx.Client(
-        base_url=stack.admin_http, timeout=10, headers={"authorization": f"Bearer {root}"}
-    )
+    admin = stack.admin_client(root)
     try:
         yield World(stack, root, issuer, public, admin)
     finally:

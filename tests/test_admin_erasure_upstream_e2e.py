@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from botocore.exceptions import ClientError
 
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, identify_cli, in_store, moto_cognito, refused, start_stack
+from tests.harness import (
+    Stack,
+    create_admin_key,
+    in_store,
+    moto_cognito,
+    refused,
+    start_stack,
+)
 
 REGION = "us-east-1"
 PASSWORD = "Passw0rd!one"
@@ -183,13 +190,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
             "ERASURE_E2E_MGMT_SECRET": MGMT_SECRET,
         }
         stack = start_stack(tmp_path_factory.mktemp("erasure"), config, env=env, db_url=db_url)
-        made = identify_cli("admin", "create-key", "--db", db_url, "--name", "root")
-        assert made.returncode == 0, made.stderr
-        key = made.stdout.strip().splitlines()[-1]
         public = stack.client()
-        admin = httpx.Client(
-            base_url=stack.admin_http, timeout=10, headers={"authorization": f"Bearer {key}"}
-        )
+        admin = stack.admin_client(create_admin_key(db_url))
         try:
             yield World(stack, public, admin, client, pool_a, pool_d, auth0)
         finally:

@@ -106,8 +106,7 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
 def admin(stack: Stack) -> Iterator[httpx.Client]:
     key = create_admin_key(stack.db_url)
     SECRETS.append(key)
-    headers = {"authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=stack.admin_http, timeout=10, headers=headers) as client:
+    with stack.admin_client(key) as client:
         yield client
 
 

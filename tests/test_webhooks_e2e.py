@@ -80,8 +80,7 @@ def receivers() -> Iterator[Callable[..., WebhookReceiver]]:
 
 @pytest.fixture(scope="module")
 def admin(stack: Stack) -> Iterator[httpx.Client]:
-    headers = {"authorization": f"Bearer {create_admin_key(stack.db_url)}"}
-    with httpx.Client(base_url=stack.admin_http, timeout=10, headers=headers) as client:
+    with stack.admin_client(create_admin_key(stack.db_url)) as client:
         yield client
 
 
