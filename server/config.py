@@ -89,6 +89,9 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
     return result
 
 
+MAX_NAME_CHARS = 200
+
+
 def parse_project(entry: Any, registry: Registry, *, where: str) -> ProjectConfig:
     """THE check of one project's settings, for the YAML file and the admin
     API alike (the same messages, prefixed with `where`)."""
@@ -99,6 +102,9 @@ def parse_project(entry: Any, registry: Registry, *, where: str) -> ProjectConfi
     except ValueError:
         raise ConfigError(f"{where}: id must be a UUID") from None
     name = entry.get("name") or project_id
+    if len(str(name)) > MAX_NAME_CHARS:
+        # The column's bound, so both stores refuse the same names.
+        raise ConfigError(f"{where}: name must be at most {MAX_NAME_CHARS} characters")
     providers = entry.get("providers") or {}
     if not isinstance(providers, Mapping) or not providers:
         raise ConfigError(f"{where}: 'providers' must name at least one provider")

@@ -257,6 +257,12 @@ def test_project_settings_are_checked_as_the_yaml_file_is(world: World) -> None:
         config_mod.parse({"projects": [{"id": A, "providers": providers}]}, Registry.discover())
     # The same message, where the YAML's names its place in the file.
     assert body["message"] == "project" + str(from_yaml.value).partition("projects[0]")[2]
+    # A name longer than the column is refused the same way on every store.
+    long_name = {"displayName": "x" * 201, "providers": {"anonymous": {}}}
+    body = refused(
+        world.admin.post("/admin/v1/projects", json=long_name), 400, "INVALID_PROJECT_SETTINGS"
+    )
+    assert "at most 200 characters" in body["message"]
 
 
 def test_projects_crud_and_soft_delete_refuses_public_calls_at_once(world: World) -> None:
