@@ -348,6 +348,18 @@ def create_admin_key(db_url: str, name: str = "root", *options: str) -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
+def cognito_pool(client: Any, name: str) -> tuple[str, str]:
+    """A user pool signing in by email and an app client without a secret
+    allowed password logins and refreshes: (pool id, client id)."""
+    pool = client.create_user_pool(PoolName=name, UsernameAttributes=["email"])["UserPool"]
+    app = client.create_user_pool_client(
+        UserPoolId=pool["Id"],
+        ClientName="app",
+        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    )["UserPoolClient"]
+    return pool["Id"], app["ClientId"]
+
+
 @contextlib.contextmanager
 def moto_cognito(region: str) -> Iterator[tuple[str, Any]]:
     """moto's Cognito server on a free loopback port: (endpoint URL, boto3 client)."""

@@ -22,6 +22,7 @@ from identify.v1 import identify_pb2_grpc
 from server.abuse.guard import client_key
 from tests.harness import (
     Stack,
+    cognito_pool,
     error_reason,
     free_port,
     identify_cli,
@@ -43,13 +44,7 @@ LOCKOUT = {"maxFailures": 3, "stepSeconds": 2, "maxLockSeconds": 4}
 def moto() -> Iterator[tuple[str, str, str]]:
     """(endpoint, pool id, app client id) of a moto Cognito pool."""
     with moto_cognito(REGION) as (url, client):
-        pool = client.create_user_pool(PoolName="abuse", UsernameAttributes=["email"])
-        app = client.create_user_pool_client(
-            UserPoolId=pool["UserPool"]["Id"],
-            ClientName="app",
-            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
-        )["UserPoolClient"]
-        yield url, pool["UserPool"]["Id"], app["ClientId"]
+        yield (url, *cognito_pool(client, "abuse"))
 
 
 @pytest.fixture(scope="module")

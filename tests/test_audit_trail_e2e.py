@@ -27,6 +27,7 @@ from server.store.db import open_database
 from server.store.schema import audit_events, projects
 from tests.harness import (
     Stack,
+    cognito_pool,
     create_admin_key,
     in_store,
     moto_cognito,
@@ -48,13 +49,7 @@ SECRETS: list[str] = [PASSWORD, NEW_PASSWORD, WRONG]
 @pytest.fixture(scope="module")
 def moto() -> Iterator[tuple[str, str, str]]:
     with moto_cognito(REGION) as (url, client):
-        pool = client.create_user_pool(PoolName="audit", UsernameAttributes=["email"])
-        app = client.create_user_pool_client(
-            UserPoolId=pool["UserPool"]["Id"],
-            ClientName="app",
-            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
-        )["UserPoolClient"]
-        yield url, pool["UserPool"]["Id"], app["ClientId"]
+        yield (url, *cognito_pool(client, "audit"))
 
 
 @pytest.fixture(scope="module")
