@@ -379,6 +379,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             raise _not_found("PROJECT_NOT_FOUND", "project", name)
         return record
 
+    async def _user_page(
+        self, request: Any, kind: str, fetch: Callable[..., Awaitable[store.Page]]
+    ) -> tuple[names.UserName, store.Page, str]:
+        """One page of a user's `kind` (devices, logins) for a List request
+        naming the user as its parent: the user, the page, the next token."""
+        user = names.user(request.parent, "parent")
+        await self._user(user)
+        scope = (str(user), kind)
+        page = await fetch(
+            self._database,
+            user.project_id,
+            user.user_id,
+            limit=pages.page_size(request.page_size),
+            cursor=pages.decode_token(request.page_token, *scope),
+        )
+        return user, page, _token(page.cursor, *scope)
+
     async def _user(self, user: names.UserName) -> User:
         found = await store.get_user(self._database, user.project_id, user.user_id)
         if found is None:
@@ -719,19 +736,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: pb.ListDevicesRequest, context: Ctx
     ) -> pb.ListDevicesResponse:
         async def work(_caller: Caller) -> pb.ListDevicesResponse:
-            user = names.user(request.parent, "parent")
-            await self._user(user)
-            scope = (str(user), "devices")
-            page = await store.list_devices(
-                self._database,
-                user.project_id,
-                user.user_id,
-                limit=pages.page_size(request.page_size),
-                cursor=pages.decode_token(request.page_token, *scope),
-            )
+            user, page, token = await self._user_page(request, "devices", store.list_devices)
             return pb.ListDevicesResponse(
-                devices=[device_message(user, d) for d in page.rows],
-                next_page_token=_token(page.cursor, *scope),
+                devices=[device_message(user, d) for d in page.rows], next_page_token=token
             )
 
         return await self._run(
@@ -775,19 +782,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: pb.ListLoginsRequest, context: Ctx
     ) -> pb.ListLoginsResponse:
         async def work(_caller: Caller) -> pb.ListLoginsResponse:
-            user = names.user(request.parent, "parent")
-            await self._user(user)
-            scope = (str(user), "logins")
-            page = await store.list_logins(
-                self._database,
-                user.project_id,
-                user.user_id,
-                limit=pages.page_size(request.page_size),
-                cursor=pages.decode_token(request.page_token, *scope),
-            )
+            user, page, token = await self._user_page(request, "logins", store.list_logins)
             return pb.ListLoginsResponse(
-                logins=[login_message(user, login) for login in page.rows],
-                next_page_token=_token(page.cursor, *scope),
+                logins=[login_message(user, login) for login in page.rows], next_page_token=token
             )
 
         return await self._run(
