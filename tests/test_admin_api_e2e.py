@@ -468,6 +468,22 @@ def test_signing_out_one_device_keeps_the_other(world: World, db_url: str) -> No
     )
     logins = world.admin.get(f"/admin/v1/projects/{A}/users/{user}/logins").json()["logins"]
     assert {entry["deviceId"] for entry in logins} == {gone, kept}
+    # Page by page, the same logins, each once; a token is bound to its list.
+    path = f"/admin/v1/projects/{A}/users/{user}/logins"
+    first = world.admin.get(path, params={"pageSize": 1}).json()
+    assert len(first["logins"]) == 1 and first["nextPageToken"]
+    second = world.admin.get(
+        path, params={"pageSize": 1, "pageToken": first["nextPageToken"]}
+    ).json()
+    assert first["logins"] + second["logins"] == logins and not second.get("nextPageToken")
+    refused(
+        world.admin.get(
+            f"/admin/v1/projects/{A}/users/{user}/devices",
+            params={"pageToken": first["nextPageToken"]},
+        ),
+        400,
+        "INVALID_PAGE_TOKEN",
+    )
 
 
 def test_erasure_removes_the_users_rows_and_nothing_else(world: World, db_url: str) -> None:
