@@ -112,6 +112,10 @@ class Request:
 
 @dataclass(frozen=True)
 class User:
+    """A user as one of its identities found it: `provider`, `subject` and
+    `external_id` are that identity's (a user may hold several, e.g. an
+    anonymous device and the permanent account it was upgraded to)."""
+
     user_id: str
     project_id: str
     provider: str
@@ -136,11 +140,35 @@ class Device:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """One way a user signs in: a provider and that provider's id for them."""
+
+    provider: str
+    subject: str
+    external_id: str
+    # Unix seconds: when it became this user's (its sign-up, or the link).
+    linked_at: int
+
+    def json(self) -> JSON:
+        # The subject stays ours: externalId names the identity to clients.
+        return {
+            "provider": self.provider,
+            "externalId": self.external_id,
+            "linkedAt": self.linked_at,
+        }
+
+
+@dataclass(frozen=True)
 class ProfileView:
     user: User
     devices: Sequence[Device]
     # Unix seconds of the most recent logins, oldest first (at most 50).
     login_history: Sequence[int]
+    # Every identity of the user, oldest first.
+    identities: Sequence[Identity] = ()
+
+    def identities_json(self) -> list[JSON]:
+        return [identity.json() for identity in self.identities]
 
     def devices_json(self) -> list[JSON]:
         return [

@@ -124,8 +124,13 @@ class ScopedAccounts:
 
     async def profile(self, user: User) -> ProfileView:
         self._own(user)
-        found, history = await repo.profile_rows(self._database, self._project_id, user.user_id)
-        return ProfileView(user=user, devices=found, login_history=history)
+        rows = await repo.profile_rows(self._database, self._project_id, user.user_id)
+        return ProfileView(
+            user=user,
+            devices=rows.devices,
+            login_history=rows.login_history,
+            identities=rows.identities,
+        )
 
     async def update_user(
         self,
@@ -149,8 +154,7 @@ class ScopedAccounts:
         if values:
             updated = await repo.update_user(
                 self._database,
-                self._project_id,
-                user.user_id,
+                user,
                 values=values,
                 now=at,
                 event=self._updated(user, values),
@@ -158,8 +162,7 @@ class ScopedAccounts:
         if attributes is not None and merge_attributes:
             updated = await repo.merge_attributes(
                 self._database,
-                self._project_id,
-                user.user_id,
+                user,
                 attributes,
                 at,
                 event=self._updated(user, {"attributes": attributes}),
@@ -172,8 +175,7 @@ class ScopedAccounts:
         self._own(user)
         updated = await repo.update_user(
             self._database,
-            self._project_id,
-            user.user_id,
+            user,
             values={"valid_after": max(before, user.valid_after)},
             now=now(),
             event=calls.event(

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.store.db import DatabaseUrl
-from server.store.schema import users
+from server.store.schema import identities, users
 from tests.fakes.oidc_issuer import FakeIssuer, SigningKey
 from tests.harness import Stack, error_reason, free_port, start_stack
 
@@ -168,7 +168,12 @@ def stored_user(db_url: str, project: str, subject: str) -> dict[str, Any]:
         try:
             async with engine.connect() as conn:
                 query = sa.select(users.c.username, users.c.attributes).where(
-                    users.c.project_id == project, users.c.subject == subject
+                    users.c.project_id == project,
+                    users.c.user_id.in_(
+                        sa.select(identities.c.user_id).where(
+                            identities.c.project_id == project, identities.c.subject == subject
+                        )
+                    ),
                 )
                 row = (await conn.execute(query)).one()
                 return {"username": row.username, "attributes": row.attributes}

@@ -71,7 +71,7 @@ def test_fifty_first_logins_of_one_device_make_one_user(stack: Stack) -> None:
     assert len({r.json()["data"]["userId"] for r in replies}) == 1
     rows = sql(
         stack.db_url,
-        "SELECT user_id FROM users WHERE project_id = :p AND provider = 'anonymous' AND subject = :s",
+        "SELECT user_id FROM identities WHERE project_id = :p AND provider = 'anonymous' AND subject = :s",
         p=PROJECT,
         s=device,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -159,7 +159,8 @@ def project_message(record: store.ProjectRecord) -> pb.Project:
     )
 
 
-def user_message(user: User) -> pb.User:
+def user_message(record: store.UserRecord) -> pb.User:
+    user = record.user
     return pb.User(
         name=f"projects/{user.project_id}/users/{user.user_id}",
         user_id=user.user_id,
@@ -172,6 +173,17 @@ def user_message(user: User) -> pb.User:
         create_time=_ts(user.created_at),
         update_time=_ts(user.updated_at),
         sessions_valid_after=_ts(user.valid_after or None),
+        identities=[
+            pb.Identity(
+                provider=i.provider,
+                subject=i.subject,
+                external_id=i.external_id,
+                link_time=_ts(i.linked_at),
+            )
+            for i in record.identities
+        ],
+        merged_into=record.merged_into or "",
+        merge_time=_ts(record.merged_at),
     )
 
 
@@ -396,7 +408,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         )
         return user, page, _token(page.cursor, *scope)
 
-    async def _user(self, user: names.UserName) -> User:
+    async def _user(self, user: names.UserName) -> store.UserRecord:
         found = await store.get_user(self._database, user.project_id, user.user_id)
         if found is None:
             raise _not_found("USER_NOT_FOUND", "user", str(user))
@@ -659,16 +671,36 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             work=work,
         )
 
-    async def _delete_upstream(self, user: User) -> None:
-        """The user's account at its provider, deleted by the project's own
-        provider instance; its domain error (why) when that fails."""
+    async def _delete_upstream(self, record: store.UserRecord) -> None:
+        """The user's accounts at its providers, deleted by the project's own
+        provider instances: one per identity whose provider keeps accounts
+        upstream (an upgraded anonymous user's device has none). Its domain
+        error (why) when one fails, or when no identity has an account to
+        delete."""
+        deleted, why_not = 0, "the user has no identity"
+        for identity in record.identities:
+            user = replace(
+                record.user,
+                provider=identity.provider,
+                subject=identity.subject,
+                external_id=identity.external_id,
+            )
+            unsupported = await self._delete_upstream_account(user)
+            if unsupported is None:
+                deleted += 1
+            else:
+                why_not = unsupported
+        if not deleted:
+            raise _no_upstream_delete(why_not)
+
+    async def _delete_upstream_account(self, user: User) -> str | None:
+        """Deletes `user`'s account at `user.provider`; why not, when that
+        provider cannot."""
         loaded = await self._projects.get(user.project_id)
         if loaded is None or user.provider not in loaded.settings:
-            raise _no_upstream_delete(
-                f"provider {user.provider} is no longer enabled in this project"
-            )
+            return f"provider {user.provider} is no longer enabled in this project"
         if self._registry.get(user.provider) is None:
-            raise _no_upstream_delete(f"provider {user.provider} is not available in this build")
+            return f"provider {user.provider} is not available in this build"
         provider = self._projects.provider(loaded, user.provider)
         call = call_var.get()
         if call is not None:
@@ -680,7 +712,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         except InvalidArgument as exc:
             if exc.reason != "OPERATION_NOT_SUPPORTED":
                 raise
-            raise _no_upstream_delete(exc.message) from None
+            return exc.message
+        return None
 
     async def RevokeUserSessions(
         self, request: pb.RevokeUserSessionsRequest, context: Ctx

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from providers.values import InvalidArgument, User
+from providers.values import Identity, InvalidArgument, User
 from server.abuse.lockout import account_key
 from server.admin import audit
 from server.admin.audit import AuditEvent
@@ -23,6 +23,7 @@ from server.store.schema import (
     audit_events,
     credential_failures,
     devices,
+    identities,
     issued_tokens,
     logins,
     projects,
@@ -232,6 +233,7 @@ _PROJECT_TABLES = (
     credential_failures,
     revoked_tokens,
     issued_tokens,
+    identities,
     users,
 )
 
@@ -281,34 +283,84 @@ def _delete_batch(table: sa.Table, project_id: str) -> Callable[[sa.Connection],
 
 
 # -------------------------------------------------------------------- users
+@dataclass(frozen=True)
+class UserRecord:
+    """A user as the admin API shows it: `user` carries its first identity;
+    `identities` lists all of them (none for a tombstone)."""
+
+    user: User
+    identities: list[Identity]
+    merged_into: str | None
+    merged_at: int | None
+
+
+def _first_identity(column: str) -> Any:
+    first = (
+        sa.select(identities.c[column])
+        .where(
+            identities.c.project_id == users.c.project_id,
+            identities.c.user_id == users.c.user_id,
+        )
+        .order_by(identities.c.linked_at, identities.c.provider, identities.c.subject)
+        .limit(1)
+        .correlate(users)
+        .scalar_subquery()
+    )
+    return first.label(column)
+
+
 def _user_query(project_id: str) -> sa.Select[Any]:
-    return sa.select(users).where(users.c.project_id == project_id)
+    return sa.select(
+        users, *(_first_identity(c) for c in ("provider", "subject", "external_id"))
+    ).where(users.c.project_id == project_id)
 
 
-async def get_user(database: Database, project_id: str, user_id: str) -> User | None:
-    def run(conn: sa.Connection) -> User | None:
-        row = conn.execute(_user_query(project_id).where(users.c.user_id == user_id)).first()
-        return repo.user_from_row(row) if row else None
+def _records(conn: sa.Connection, project_id: str, rows: Sequence[Any]) -> list[UserRecord]:
+    """The rows' users with all their identities, in one more read."""
+    linked: dict[str, list[Identity]] = {r.user_id: [] for r in rows}
+    if linked:
+        found = conn.execute(
+            sa.select(identities)
+            .where(identities.c.project_id == project_id, identities.c.user_id.in_(list(linked)))
+            .order_by(identities.c.linked_at, identities.c.provider, identities.c.subject)
+        )
+        for r in found:
+            linked[r.user_id].append(repo.identity_from_row(r))
+    return [
+        UserRecord(repo.user_from_row(r), linked[r.user_id], r.merged_into, r.merged_at)
+        for r in rows
+    ]
 
-    return await database.read(run)
+
+def _record(conn: sa.Connection, project_id: str, where: Any) -> UserRecord | None:
+    row = conn.execute(_user_query(project_id).where(where)).first()
+    return _records(conn, project_id, [row])[0] if row else None
+
+
+async def get_user(database: Database, project_id: str, user_id: str) -> UserRecord | None:
+    return await database.read(lambda conn: _record(conn, project_id, users.c.user_id == user_id))
+
+
+def _owner_of(project_id: str, *where: Any) -> Any:
+    return users.c.user_id.in_(
+        sa.select(identities.c.user_id).where(identities.c.project_id == project_id, *where)
+    )
 
 
 async def find_user_by_external_id(
     database: Database, project_id: str, external_id: str
-) -> User | None:
-    def run(conn: sa.Connection) -> User | None:
-        row = conn.execute(
-            _user_query(project_id).where(users.c.external_id == external_id)
-        ).first()
-        return repo.user_from_row(row) if row else None
-
-    return await database.read(run)
+) -> UserRecord | None:
+    where = _owner_of(project_id, identities.c.external_id == external_id)
+    return await database.read(lambda conn: _record(conn, project_id, where))
 
 
 async def find_user_by_subject(
     database: Database, project_id: str, provider: str, subject: str
-) -> User | None:
-    return await repo.find_user(database, project_id, "subject", subject, provider)
+) -> UserRecord | None:
+    where = _owner_of(
+        project_id, identities.c.provider == provider, identities.c.subject == subject
+    )
+    return await database.read(lambda conn: _record(conn, project_id, where))
 
 
 async def list_users(
@@ -322,20 +374,20 @@ async def list_users(
     def run(conn: sa.Connection) -> Page:
         query = _user_query(project_id)
         if provider is not None:
-            query = query.where(users.c.provider == provider)
+            query = query.where(_owner_of(project_id, identities.c.provider == provider))
         page = keyset_page(conn, query, [users.c.created_at, users.c.user_id], cursor, limit)
-        return Page([repo.user_from_row(r) for r in page.rows], page.cursor)
+        return Page(_records(conn, project_id, page.rows), page.cursor)
 
     return await database.read(run)
 
 
 async def revoke_sessions(
     database: Database, project_id: str, user_id: str, *, now: int, event: AuditEvent
-) -> User | None:
+) -> UserRecord | None:
     """users.valid_after, the mechanism of a logout: every token and
     signature issued before `now` is refused, whatever the provider."""
 
-    def run(conn: sa.Connection) -> User | None:
+    def run(conn: sa.Connection) -> UserRecord | None:
         where = (users.c.project_id == project_id, users.c.user_id == user_id)
         later = sa.case((users.c.valid_after > now, users.c.valid_after), else_=now)
         changed = conn.execute(
@@ -344,8 +396,7 @@ async def revoke_sessions(
         if not changed:
             return None
         audit.record(conn, event)
-        row = conn.execute(_user_query(project_id).where(users.c.user_id == user_id)).one()
-        return repo.user_from_row(row)
+        return _record(conn, project_id, users.c.user_id == user_id)
 
     return await database.write(run)
 
@@ -357,19 +408,20 @@ async def erase_user(
     and the lockout count of its email. False when there is no such user."""
 
     def run(conn: sa.Connection) -> bool:
-        row = conn.execute(_user_query(project_id).where(users.c.user_id == user_id)).first()
-        if row is None:
+        found = _record(conn, project_id, users.c.user_id == user_id)
+        if found is None:
             return False
-        for table in (logins, devices):
+        for table in (logins, devices, identities):
             conn.execute(
                 table.delete().where(table.c.project_id == project_id, table.c.user_id == user_id)
             )
-        email = (row.attributes or {}).get("email")
+        email = found.user.attributes.get("email")
         if isinstance(email, str) and email:
+            accounts = [account_key(i.provider, email) for i in found.identities]
             conn.execute(
                 credential_failures.delete().where(
                     credential_failures.c.project_id == project_id,
-                    credential_failures.c.account == account_key(row.provider, email),
+                    credential_failures.c.account.in_(accounts),
                 )
             )
         conn.execute(
@@ -478,7 +530,7 @@ async def list_logins(
 
 @dataclass(frozen=True)
 class Export:
-    user: User
+    user: UserRecord
     devices: list[DeviceRecord]
     logins: list[LoginRecord]
 
@@ -487,8 +539,8 @@ async def export_user(database: Database, project_id: str, user_id: str) -> Expo
     """Everything of the user's in our tables, read in one snapshot."""
 
     def run(conn: sa.Connection) -> Export | None:
-        row = conn.execute(_user_query(project_id).where(users.c.user_id == user_id)).first()
-        if row is None:
+        record = _record(conn, project_id, users.c.user_id == user_id)
+        if record is None:
             return None
         found = conn.execute(
             _devices_query(project_id, user_id).order_by(devices.c.sign_up, devices.c.device_id)
@@ -499,7 +551,7 @@ async def export_user(database: Database, project_id: str, user_id: str) -> Expo
             .order_by(logins.c.at, logins.c.login_id)
         )
         return Export(
-            repo.user_from_row(row),
+            record,
             [_device(d) for d in found],
             [LoginRecord(r.login_id, r.at, r.device_id) for r in history],
         )

@@ -18,12 +18,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from providers.values import Device, User
+from providers.values import Device, Identity, User
 from server.events.audit import AuditEvent, record
 from server.store.db import Database
 from server.store.schema import (
     credential_failures,
     devices,
+    identities,
     issued_tokens,
     logins,
     projects,
@@ -162,12 +163,14 @@ async def rotate_signing_key(
 
 # -------------------------------------------------------------------- users
 def user_from_row(row: Any) -> User:
+    """A User from a row of users joined with one of its identities (the
+    columns `provider`, `subject`, `external_id`)."""
     return User(
         user_id=row.user_id,
         project_id=row.project_id,
-        provider=row.provider,
-        subject=row.subject,
-        external_id=row.external_id,
+        provider=row.provider or "",
+        subject=row.subject or "",
+        external_id=row.external_id or "",
         created_at=row.created_at,
         updated_at=row.updated_at,
         username=row.username,
@@ -177,16 +180,51 @@ def user_from_row(row: Any) -> User:
     )
 
 
-def _user_by(column: str) -> sa.Select[Any]:
-    return sa.select(users).where(
-        users.c.project_id == P("project_id"),
-        users.c.provider == P("provider"),
-        users.c[column] == P("value"),
+def with_row(user: User, row: Any) -> User:
+    """`user` (as its identity found it) with the users row's current values."""
+    return dataclasses.replace(
+        user,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        username=row.username,
+        attributes=dict(row.attributes or {}),
+        app_profile=row.app_profile,
+        valid_after=row.valid_after,
     )
 
 
+_JOINED = identities.join(
+    users,
+    sa.and_(users.c.project_id == identities.c.project_id, users.c.user_id == identities.c.user_id),
+)
+_JOINED_COLUMNS = (
+    *users.c,
+    identities.c.provider,
+    identities.c.subject,
+    identities.c.external_id,
+)
+
+
+def _user_by(column: str) -> sa.Select[Any]:
+    # One statement, two primary-key (or unique) lookups: identity, then user.
+    query = (
+        sa.select(*_JOINED_COLUMNS)
+        .select_from(_JOINED)
+        .where(
+            identities.c.project_id == P("project_id"),
+            identities.c.provider == P("provider"),
+            identities.c[column] == P("value"),
+            users.c.merged_into.is_(None),
+        )
+    )
+    if column == "user_id":
+        # A user may hold several identities of one provider (devices).
+        query = query.order_by(identities.c.linked_at, identities.c.subject).limit(1)
+    return query
+
+
 _FIND_USER = {column: _user_by(column) for column in ("subject", "external_id", "user_id")}
-_USER_BY_ID = sa.select(users).where(
+USER_ROW = sa.select(users).where(
     users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
 )
 
@@ -251,37 +289,48 @@ async def ensure_user(
     app_profile: Mapping[str, Any] | None = None,
     event: AuditEvent | None = None,
 ) -> tuple[User, bool]:
-    """Insert-or-nothing keyed on (project, provider, subject), then read back:
-    racing first logins all end on the one row that won; only the winner
-    records `event` (with the new userId)."""
+    """Insert-or-nothing of the identity (project, provider, subject), then
+    the user only if that insert won, then read back: racing first logins all
+    end on the one user that won; only the winner records `event` (with the
+    new userId)."""
     user_id = str(uuid.uuid4())
+    params = {"project_id": project_id, "provider": provider, "value": subject}
 
     def run(conn: sa.Connection) -> tuple[User, bool]:
-        conn.execute(
-            _insert(conn, users)
+        inserted = conn.execute(
+            _insert(conn, identities)
             .values(
                 project_id=project_id,
-                user_id=user_id,
                 provider=provider,
                 subject=subject,
+                user_id=user_id,
                 external_id=external_id,
-                username=username,
-                attributes=dict(attributes),
-                app_profile=dict(app_profile) if app_profile is not None else None,
-                created_at=now,
-                updated_at=now,
-                valid_after=0,
+                linked_at=now,
             )
-            # Any unique key: racing inserts of one subject collide on
-            # (project, provider, subject) and on external_id (derived from
-            # the subject) alike. PostgreSQL raises on a conflict in an index
-            # other than a named arbiter, so none is named.
+            # Any unique key: racing inserts of one subject collide on the
+            # primary key and on external_id (derived from the subject)
+            # alike. PostgreSQL raises on a conflict in an index other than a
+            # named arbiter, so none is named.
             .on_conflict_do_nothing()
-        )
-        row = conn.execute(
-            _FIND_USER["subject"],
-            {"project_id": project_id, "provider": provider, "value": subject},
-        ).one()
+        ).rowcount
+        if inserted:
+            conn.execute(
+                users.insert().values(
+                    project_id=project_id,
+                    user_id=user_id,
+                    username=username,
+                    attributes=dict(attributes),
+                    app_profile=dict(app_profile) if app_profile is not None else None,
+                    created_at=now,
+                    updated_at=now,
+                    valid_after=0,
+                )
+            )
+        row = conn.execute(_FIND_USER["subject"], params).first()
+        if row is None:
+            # The identity is held by a tombstone (a merged user): sign-ins
+            # through it are the merged user's, so this is a lookup miss.
+            raise LookupError("identity belongs to a merged user")
         created = row.user_id == user_id
         if created and event is not None:
             record(conn, dataclasses.replace(event, user_id=user_id))
@@ -292,14 +341,14 @@ async def ensure_user(
 
 async def update_user(
     database: Database,
-    project_id: str,
-    user_id: str,
+    user: User,
     *,
     values: Mapping[str, Any],
     now: int,
     event: AuditEvent | None = None,
 ) -> User | None:
     """One UPDATE statement, so concurrent writers never interleave fields."""
+    project_id, user_id = user.project_id, user.user_id
     key = {"project_id": project_id, "user_id": user_id}
 
     def run(conn: sa.Connection) -> User | None:
@@ -308,20 +357,19 @@ async def update_user(
             .where(users.c.project_id == project_id, users.c.user_id == user_id)
             .values(**values, updated_at=now)
         )
-        row = conn.execute(_USER_BY_ID, key).first()
+        row = conn.execute(USER_ROW, key).first()
         if row is None:
             return None
         if event is not None:
             record(conn, event)
-        return user_from_row(row)
+        return with_row(user, row)
 
     return await database.write(run)
 
 
 async def merge_attributes(
     database: Database,
-    project_id: str,
-    user_id: str,
+    user: User,
     patch: Mapping[str, Any],
     now: int,
     *,
@@ -329,6 +377,7 @@ async def merge_attributes(
 ) -> User | None:
     """Read-merge-write in one transaction that holds the row (SELECT ... FOR
     UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the database)."""
+    project_id, user_id = user.project_id, user.user_id
     key = {"project_id": project_id, "user_id": user_id}
 
     def run(conn: sa.Connection) -> User | None:
@@ -348,7 +397,7 @@ async def merge_attributes(
         )
         if event is not None:
             record(conn, event)
-        return user_from_row(conn.execute(_USER_BY_ID, key).one())
+        return with_row(user, conn.execute(USER_ROW, key).one())
 
     return await database.write(run)
 
@@ -435,18 +484,35 @@ _HISTORY = (
 )
 
 
-async def profile_rows(
-    database: Database, project_id: str, user_id: str
-) -> tuple[Sequence[Device], list[int]]:
+IDENTITIES = (
+    sa.select(identities)
+    .where(identities.c.project_id == P("project_id"), identities.c.user_id == P("user_id"))
+    .order_by(identities.c.linked_at, identities.c.provider, identities.c.subject)
+)
+
+
+def identity_from_row(row: Any) -> Identity:
+    return Identity(row.provider, row.subject, row.external_id, row.linked_at)
+
+
+@dataclass(frozen=True)
+class ProfileRows:
+    devices: Sequence[Device]
+    login_history: list[int]
+    identities: Sequence[Identity]
+
+
+async def profile_rows(database: Database, project_id: str, user_id: str) -> ProfileRows:
     key = {"project_id": project_id, "user_id": user_id}
 
-    def run(conn: sa.Connection) -> tuple[Sequence[Device], list[int]]:
+    def run(conn: sa.Connection) -> ProfileRows:
         found = [
             Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature)
             for r in conn.execute(_DEVICES, key)
         ]
         history = sorted(conn.execute(_HISTORY, key).scalars())
-        return found, history
+        linked = [identity_from_row(r) for r in conn.execute(IDENTITIES, key)]
+        return ProfileRows(found, history, linked)
 
     return await database.read(run)
 

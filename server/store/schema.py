@@ -34,6 +34,8 @@ projects = sa.Table(
     sa.Column("deleted_at", sa.BigInteger),
     # Days audit events are kept (None: the default, 90).
     sa.Column("audit_retention_days", sa.Integer),
+    # Anonymous users with no login for this many days are purged (None: kept).
+    sa.Column("anonymous_retention_days", sa.Integer),
 )
 
 users = sa.Table(
@@ -41,10 +43,6 @@ users = sa.Table(
     metadata,
     sa.Column("project_id", sa.String(36), nullable=False),
     sa.Column("user_id", sa.String(36), nullable=False),
-    sa.Column("provider", sa.String(64), nullable=False),
-    # The provider's stable id for the person (sub, device id, ...).
-    sa.Column("subject", sa.String(512), nullable=False),
-    sa.Column("external_id", sa.String(64), nullable=False),
     sa.Column("username", sa.String(256)),
     sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("app_profile", sa.JSON),
@@ -52,11 +50,32 @@ users = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
     # Tokens issued before this instant are refused (logout everywhere).
     sa.Column("valid_after", sa.BigInteger, nullable=False, server_default="0"),
+    # A merged (anonymous) user is kept as a tombstone naming the user it
+    # became; no call signs it in again.
+    sa.Column("merged_into", sa.String(36)),
+    sa.Column("merged_at", sa.BigInteger),
     sa.PrimaryKeyConstraint("project_id", "user_id"),
-    sa.UniqueConstraint("project_id", "provider", "subject"),
-    sa.UniqueConstraint("project_id", "external_id"),
     # The admin API lists a project's users newest first.
     sa.Index(None, "project_id", "created_at", "user_id"),
+)
+
+# How people sign in: one row per (provider, subject), the one place that says
+# whose it is. A user has one or more (an anonymous device, then a permanent
+# account linked to the same user).
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("project_id", sa.String(36), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    # The provider's stable id for the person (sub, device id, ...).
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("user_id", sa.String(36), nullable=False),
+    # HMAC of provider:subject under the project's secret (tokens.external_id).
+    sa.Column("external_id", sa.String(64), nullable=False),
+    sa.Column("linked_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("project_id", "provider", "subject"),
+    sa.UniqueConstraint("project_id", "external_id"),
+    sa.Index(None, "project_id", "user_id", "linked_at"),
 )
 
 devices = sa.Table(

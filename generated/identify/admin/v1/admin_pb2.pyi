@@ -279,6 +279,9 @@ class User(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SESSIONS_VALID_AFTER_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    MERGED_INTO_FIELD_NUMBER: _builtins.int
+    MERGE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`projects/{project}/users/{user}`, where {user} is the userId."""
     user_id: _builtins.str
@@ -289,6 +292,10 @@ class User(_message.Message):
     """
     external_id: _builtins.str
     username: _builtins.str
+    merged_into: _builtins.str
+    """Set when this (anonymous) user was merged into another: the userId it
+    became. Such a user is a tombstone; nothing signs it in again.
+    """
     @_builtins.property
     def attributes(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -303,6 +310,14 @@ class User(_message.Message):
         :revokeSessions); unset when that never happened.
         """
 
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identity]:
+        """Every way the user signs in, oldest first; provider, subject and
+        external_id above are the first of them. Empty for a merged user.
+        """
+
+    @_builtins.property
+    def merge_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -317,14 +332,50 @@ class User(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         sessions_valid_after: _timestamp_pb2.Timestamp | None = ...,
+        identities: _abc.Iterable[Global___Identity] | None = ...,
+        merged_into: _builtins.str = ...,
+        merge_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app_profile", b"app_profile", "attributes", b"attributes", "create_time", b"create_time", "sessions_valid_after", b"sessions_valid_after", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app_profile", b"app_profile", "attributes", b"attributes", "create_time", b"create_time", "merge_time", b"merge_time", "sessions_valid_after", b"sessions_valid_after", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_profile", b"app_profile", "attributes", b"attributes", "create_time", b"create_time", "external_id", b"external_id", "name", b"name", "provider", b"provider", "sessions_valid_after", b"sessions_valid_after", "subject", b"subject", "update_time", b"update_time", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_profile", b"app_profile", "attributes", b"attributes", "create_time", b"create_time", "external_id", b"external_id", "identities", b"identities", "merge_time", b"merge_time", "merged_into", b"merged_into", "name", b"name", "provider", b"provider", "sessions_valid_after", b"sessions_valid_after", "subject", b"subject", "update_time", b"update_time", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class Identity(_message.Message):
+    """One way a user signs in: a provider and that provider's id for the person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LINK_TIME_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    subject: _builtins.str
+    external_id: _builtins.str
+    @_builtins.property
+    def link_time(self) -> _timestamp_pb2.Timestamp:
+        """Its sign-up, or when it was linked to this user."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        link_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["link_time", b"link_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "link_time", b"link_time", "provider", b"provider", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Identity: _TypeAlias = Identity  # noqa: Y015
 
 @_typing.final
 class GetUserRequest(_message.Message):
