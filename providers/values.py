@@ -148,6 +148,8 @@ class Identity:
     external_id: str
     # Unix seconds: when it became this user's (its sign-up, or the link).
     linked_at: int
+    # What this provider says of the person (not shown to clients here).
+    attributes: JSON = field(default_factory=dict)
 
     def json(self) -> JSON:
         # The subject stays ours: externalId names the identity to clients.

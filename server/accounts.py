@@ -7,13 +7,15 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from providers.values import JSON, Device, ProfileView, Session, UpstreamTokens, User
+from providers.values import JSON, Device, Identity, ProfileView, Session, UpstreamTokens, User
 from server import tokens
 from server.clock import now
 from server.events import calls
 from server.events.audit import AuditEvent
-from server.events.types import USER_CREATED, USER_UPDATED
+from server.events.types import USER_CREATED, USER_LINKED, USER_MERGED, USER_UPDATED
 from server.keys import KeyStore
+from server.upgrade import LINK, Upgrade, upgrade_var
+from server.store import identities as links
 from server.store import repo
 from server.store.db import Database
 from server.store.schema import issued_tokens, revoked_tokens
@@ -51,6 +53,29 @@ class ScopedAccounts:
         existing = await self.find_user(subject)
         if existing is not None:
             return existing, False
+        upgrade = self._upgrade()
+        if upgrade is not None:
+            # Nobody holds this identity: it becomes the anonymous user's.
+            user = await links.link_identity(
+                self._database,
+                project_id=self._project_id,
+                source_id=upgrade.source_id,
+                provider=self._provider,
+                subject=subject,
+                external_id=self.external_id(subject),
+                attributes=attributes or {},
+                username=username,
+                now=now(),
+                event=calls.event(
+                    USER_LINKED,
+                    self._project_id,
+                    provider=self._provider,
+                    user_id=upgrade.source_id,
+                    data={"externalId": self.external_id(subject)},
+                ),
+            )
+            upgrade.user_id = user.user_id
+            return user, True
         return await repo.ensure_user(
             self._database,
             project_id=self._project_id,
@@ -65,9 +90,58 @@ class ScopedAccounts:
         )
 
     async def find_user(self, subject: str) -> User | None:
-        return await repo.find_user(
+        user = await repo.find_user(
             self._database, self._project_id, "subject", subject, provider=self._provider
         )
+        upgrade = self._upgrade()
+        if user is None or upgrade is None:
+            return user
+        if user.user_id != upgrade.source_id:
+            if upgrade.mode == LINK:
+                raise links.already_linked(user.user_id, self._provider)
+            user = await self._merge(upgrade, into=user)
+        upgrade.user_id = user.user_id
+        return user
+
+    async def identities(self, user: User) -> list[Identity]:
+        self._own(user)
+        return await links.identities_of(self._database, self._project_id, user.user_id)
+
+    def _upgrade(self) -> Upgrade | None:
+        """The upgrade this call is (server/upgrade.py), if it is one and it
+        upgrades to this provider."""
+        upgrade = upgrade_var.get()
+        return upgrade if upgrade is not None and upgrade.provider == self._provider else None
+
+    async def _merge(self, upgrade: Upgrade, *, into: User) -> User:
+        def event(moved_devices: int, moved_logins: int) -> AuditEvent:
+            return calls.event(
+                USER_MERGED,
+                self._project_id,
+                provider=self._provider,
+                user_id=into.user_id,
+                data={
+                    "sourceUserId": upgrade.source_id,
+                    "targetUserId": into.user_id,
+                    "policy": upgrade.policy,
+                    "movedDevices": moved_devices,
+                    "movedLogins": moved_logins,
+                },
+            )
+
+        merged = await links.merge_users(
+            self._database,
+            source_id=upgrade.source_id,
+            target=into,
+            policy=upgrade.policy,
+            now=now(),
+            signature=lambda user_id, device_id, at: tokens.signature(
+                self._secret, user_id, device_id, at
+            ),
+            event=event,
+        )
+        upgrade.merged = merged
+        return merged.user
 
     async def find_by_external_id(self, external_id: str) -> User | None:
         return await repo.find_user(

@@ -61,6 +61,14 @@ class KeyStore:
             async with self._lock:
                 await self._load()
 
+    async def reload(self) -> TokenSigner:
+        """Load the keys now: a token signed by a key rotated in by another
+        process within `refresh_every` is verifiable at once."""
+        async with self._lock:
+            await self._load()
+        assert self._signer is not None
+        return self._signer
+
     def current(self) -> TokenSigner:
         """The last loaded signer, for synchronous minting on the hot path."""
         if self._signer is None:

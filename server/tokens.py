@@ -124,6 +124,32 @@ class TokenSigner:
             headers={"kid": self._active.kid},
         )
 
+    def knows(self, token: str) -> bool:
+        """Whether the key that signed `token` (its `kid`) is one of ours."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError:
+            return True  # malformed: verify() says so
+        return any(k.kid == kid for k in self._keys)
+
+    def verify(self, token: str, *, audience: str) -> dict[str, Any]:
+        """The claims of a profileToken we minted for `audience` (a project),
+        or jwt.PyJWTError saying why not (bad signature, expired, another
+        project's, not ours)."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = next((k for k in self._keys if k.kid == kid), None)
+        if key is None:
+            raise jwt.InvalidKeyError("signed by a key that is not ours")
+        return jwt.decode(
+            token,
+            key.private_key.public_key(),
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=self.issuer,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            leeway=0,
+        )
+
     def jwks(self, now: int) -> list[dict[str, str]]:
         live = [
             k

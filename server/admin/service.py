@@ -179,6 +179,7 @@ def user_message(record: store.UserRecord) -> pb.User:
                 subject=i.subject,
                 external_id=i.external_id,
                 link_time=_ts(i.linked_at),
+                attributes=_struct(i.attributes),
             )
             for i in record.identities
         ],

@@ -311,7 +311,8 @@ def _first_identity(column: str) -> Any:
 
 def _user_query(project_id: str) -> sa.Select[Any]:
     return sa.select(
-        users, *(_first_identity(c) for c in ("provider", "subject", "external_id"))
+        users,
+        *(_first_identity(c) for c in ("provider", "subject", "external_id", "attributes")),
     ).where(users.c.project_id == project_id)
 
 
@@ -324,12 +325,16 @@ def _records(conn: sa.Connection, project_id: str, rows: Sequence[Any]) -> list[
             .where(identities.c.project_id == project_id, identities.c.user_id.in_(list(linked)))
             .order_by(identities.c.linked_at, identities.c.provider, identities.c.subject)
         )
-        for r in found:
-            linked[r.user_id].append(repo.identity_from_row(r))
-    return [
-        UserRecord(repo.user_from_row(r), linked[r.user_id], r.merged_into, r.merged_at)
-        for r in rows
-    ]
+        for i in found:
+            linked[i.user_id].append(repo.identity_from_row(i))
+    records = []
+    for r in rows:
+        held = linked[r.user_id]
+        # Every identity's say, the newest winning where two say one thing.
+        attributes = {k: v for i in held for k, v in i.attributes.items()}
+        user = replace(repo.user_from_row(r), attributes=attributes)
+        records.append(UserRecord(user, held, r.merged_into, r.merged_at))
+    return records
 
 
 def _record(conn: sa.Connection, project_id: str, where: Any) -> UserRecord | None:
@@ -415,9 +420,12 @@ async def erase_user(
             conn.execute(
                 table.delete().where(table.c.project_id == project_id, table.c.user_id == user_id)
             )
-        email = found.user.attributes.get("email")
-        if isinstance(email, str) and email:
-            accounts = [account_key(i.provider, email) for i in found.identities]
+        accounts = [
+            account_key(i.provider, email)
+            for i in found.identities
+            if isinstance(email := i.attributes.get("email"), str) and email
+        ]
+        if accounts:
             conn.execute(
                 credential_failures.delete().where(
                     credential_failures.c.project_id == project_id,

@@ -36,6 +36,8 @@ _REFUSAL_TYPES = {
     "CheckUser": types.USER_LOGIN_REFUSED,
     "CheckUserNonstandard": types.USER_LOGIN_REFUSED,
     "CreateUser": types.USER_SIGNUP_REFUSED,
+    "LinkIdentity": types.USER_LINK_REFUSED,
+    "MergeUsers": types.USER_LINK_REFUSED,
 }
 # Successes whose change happened upstream only (Cognito's reset).
 _SUCCESS_TYPES = {"ConfirmForgotPassword": types.USER_PASSWORD_RESET}

@@ -26,6 +26,12 @@ USER_PASSWORD_RESET = "user.password_reset"
 # The user's appProfile, attributes or username written; `data.fields` names
 # which (never their values).
 USER_UPDATED = "user.updated"
+# A permanent identity attached to an (anonymous) user: same userId after.
+USER_LINKED = "user.linked"
+# A link or merge refused; `reason` says why (IDENTITY_ALREADY_LINKED, ...).
+USER_LINK_REFUSED = "user.link_refused"
+# One identity of the user removed (never its last).
+USER_UNLINKED = "user.unlinked"
 
 # --------------------------------------- done to a user by an operator (actor "admin:<keyId>")
 USER_SESSIONS_REVOKED = "user.sessions_revoked"
@@ -33,7 +39,12 @@ USER_DEVICE_SIGNED_OUT = "user.device_signed_out"
 # GDPR erasure: the user's rows are gone, its events pseudonymous.
 USER_DELETED = "user.deleted"
 USER_EXPORTED = "user.exported"
-# Two users made one (a later issue).
+# An anonymous user with no login for the project's anonymousRetentionDays,
+# removed by the background purge (actor "system").
+USER_PURGED = "user.purged"
+# Two users made one: an anonymous user's devices and logins moved to the
+# permanent user (`userId`); `data.sourceUserId` is the tombstone left behind.
+# The app's backend moves its own data of that user on this event.
 USER_MERGED = "user.merged"
 
 # ---------------------------------------------------------------- accounts

@@ -37,7 +37,8 @@ LOGIN_HISTORY = 50
 P = sa.bindparam
 
 
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+def insert_for(conn: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT (for ON CONFLICT)."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
@@ -81,7 +82,7 @@ async def upsert_project(
             "limits": dict(limits) if limits is not None else None,
             "updated_at": now,
         }
-        stmt = _insert(conn, projects).values(
+        stmt = insert_for(conn, projects).values(
             project_id=project_id, secret=secret, created_at=now, **values
         )
         conn.execute(
@@ -181,13 +182,13 @@ def user_from_row(row: Any) -> User:
 
 
 def with_row(user: User, row: Any) -> User:
-    """`user` (as its identity found it) with the users row's current values."""
+    """`user` (as its identity found it) with the users row's current values
+    (its attributes are the identity's, not in that row)."""
     return dataclasses.replace(
         user,
         created_at=row.created_at,
         updated_at=row.updated_at,
         username=row.username,
-        attributes=dict(row.attributes or {}),
         app_profile=row.app_profile,
         valid_after=row.valid_after,
     )
@@ -202,6 +203,7 @@ _JOINED_COLUMNS = (
     identities.c.provider,
     identities.c.subject,
     identities.c.external_id,
+    identities.c.attributes,
 )
 
 
@@ -298,13 +300,14 @@ async def ensure_user(
 
     def run(conn: sa.Connection) -> tuple[User, bool]:
         inserted = conn.execute(
-            _insert(conn, identities)
+            insert_for(conn, identities)
             .values(
                 project_id=project_id,
                 provider=provider,
                 subject=subject,
                 user_id=user_id,
                 external_id=external_id,
+                attributes=dict(attributes),
                 linked_at=now,
             )
             # Any unique key: racing inserts of one subject collide on the
@@ -319,7 +322,6 @@ async def ensure_user(
                     project_id=project_id,
                     user_id=user_id,
                     username=username,
-                    attributes=dict(attributes),
                     app_profile=dict(app_profile) if app_profile is not None else None,
                     created_at=now,
                     updated_at=now,
@@ -339,6 +341,21 @@ async def ensure_user(
     return await database.write(run)
 
 
+def _identity_key(user: User) -> tuple[Any, ...]:
+    return (
+        identities.c.project_id == user.project_id,
+        identities.c.provider == user.provider,
+        identities.c.subject == user.subject,
+        identities.c.user_id == user.user_id,
+    )
+
+
+def _reread(conn: sa.Connection, user: User) -> User | None:
+    params = {"project_id": user.project_id, "provider": user.provider, "value": user.subject}
+    row = conn.execute(_FIND_USER["subject"], params).first()
+    return user_from_row(row) if row is not None and row.user_id == user.user_id else None
+
+
 async def update_user(
     database: Database,
     user: User,
@@ -347,22 +364,27 @@ async def update_user(
     now: int,
     event: AuditEvent | None = None,
 ) -> User | None:
-    """One UPDATE statement, so concurrent writers never interleave fields."""
-    project_id, user_id = user.project_id, user.user_id
-    key = {"project_id": project_id, "user_id": user_id}
+    """One transaction, one UPDATE per table, so concurrent writers never
+    interleave fields. `attributes` are the identity's (the provider's say);
+    the rest is the user's."""
+    mine = {k: v for k, v in values.items() if k != "attributes"}
 
     def run(conn: sa.Connection) -> User | None:
+        if "attributes" in values:
+            conn.execute(
+                identities.update()
+                .where(*_identity_key(user))
+                .values(attributes=dict(values["attributes"]))
+            )
         conn.execute(
             users.update()
-            .where(users.c.project_id == project_id, users.c.user_id == user_id)
-            .values(**values, updated_at=now)
+            .where(users.c.project_id == user.project_id, users.c.user_id == user.user_id)
+            .values(**mine, updated_at=now)
         )
-        row = conn.execute(USER_ROW, key).first()
-        if row is None:
-            return None
-        if event is not None:
+        updated = _reread(conn, user)
+        if updated is not None and event is not None:
             record(conn, event)
-        return with_row(user, row)
+        return updated
 
     return await database.write(run)
 
@@ -375,29 +397,27 @@ async def merge_attributes(
     *,
     event: AuditEvent | None = None,
 ) -> User | None:
-    """Read-merge-write in one transaction that holds the row (SELECT ... FOR
-    UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the database)."""
-    project_id, user_id = user.project_id, user.user_id
-    key = {"project_id": project_id, "user_id": user_id}
+    """Read-merge-write of the identity's attributes in one transaction that
+    holds the row (SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN
+    IMMEDIATE holds the database)."""
 
     def run(conn: sa.Connection) -> User | None:
-        query = sa.select(users.c.attributes).where(
-            users.c.project_id == project_id, users.c.user_id == user_id
-        )
+        query = sa.select(identities.c.attributes).where(*_identity_key(user))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         current = conn.execute(query).first()
         if current is None:
             return None
         merged = {**(current.attributes or {}), **patch}
+        conn.execute(identities.update().where(*_identity_key(user)).values(attributes=merged))
         conn.execute(
             users.update()
-            .where(users.c.project_id == project_id, users.c.user_id == user_id)
-            .values(attributes=merged, updated_at=now)
+            .where(users.c.project_id == user.project_id, users.c.user_id == user.user_id)
+            .values(updated_at=now)
         )
         if event is not None:
             record(conn, event)
-        return with_row(user, conn.execute(USER_ROW, key).one())
+        return _reread(conn, user)
 
     return await database.write(run)
 
@@ -492,7 +512,9 @@ IDENTITIES = (
 
 
 def identity_from_row(row: Any) -> Identity:
-    return Identity(row.provider, row.subject, row.external_id, row.linked_at)
+    return Identity(
+        row.provider, row.subject, row.external_id, row.linked_at, dict(row.attributes or {})
+    )
 
 
 @dataclass(frozen=True)
@@ -534,7 +556,7 @@ async def add_token_hash(
 ) -> None:
     def run(conn: sa.Connection) -> None:
         conn.execute(
-            _insert(conn, table)
+            insert_for(conn, table)
             .values(project_id=project_id, token_hash=token_hash, expires_at=expires_at)
             .on_conflict_do_nothing(index_elements=[table.c.project_id, table.c.token_hash])
         )
@@ -603,7 +625,7 @@ async def count_credential_failure(
     def run(conn: sa.Connection) -> tuple[int, int]:
         table = credential_failures
         stale = table.c.updated_at < fresh_after
-        stmt = _insert(conn, table).values(
+        stmt = insert_for(conn, table).values(
             project_id=project_id, account=account, failures=1, locked_until=0, updated_at=now
         )
         failures = conn.execute(

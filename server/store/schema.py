@@ -44,7 +44,6 @@ users = sa.Table(
     sa.Column("project_id", sa.String(36), nullable=False),
     sa.Column("user_id", sa.String(36), nullable=False),
     sa.Column("username", sa.String(256)),
-    sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("app_profile", sa.JSON),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
@@ -72,6 +71,9 @@ identities = sa.Table(
     sa.Column("user_id", sa.String(36), nullable=False),
     # HMAC of provider:subject under the project's secret (tokens.external_id).
     sa.Column("external_id", sa.String(64), nullable=False),
+    # What this provider says of the person (email, name, ...): each
+    # identity keeps its own, so one provider's sync never erases another's.
+    sa.Column("attributes", sa.JSON, nullable=False),
     sa.Column("linked_at", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("project_id", "provider", "subject"),
     sa.UniqueConstraint("project_id", "external_id"),

@@ -354,12 +354,19 @@ class Identity(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     EXTERNAL_ID_FIELD_NUMBER: _builtins.int
     LINK_TIME_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     subject: _builtins.str
     external_id: _builtins.str
     @_builtins.property
     def link_time(self) -> _timestamp_pb2.Timestamp:
         """Its sign-up, or when it was linked to this user."""
+
+    @_builtins.property
+    def attributes(self) -> _struct_pb2.Struct:
+        """What this provider says of the person; the user's `attributes` are
+        all of its identities' together.
+        """
 
     def __init__(
         self,
@@ -368,10 +375,11 @@ class Identity(_message.Message):
         subject: _builtins.str = ...,
         external_id: _builtins.str = ...,
         link_time: _timestamp_pb2.Timestamp | None = ...,
+        attributes: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["link_time", b"link_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "link_time", b"link_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "link_time", b"link_time", "provider", b"provider", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "external_id", b"external_id", "link_time", b"link_time", "provider", b"provider", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

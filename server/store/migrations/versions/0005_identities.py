@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(512), nullable=False),
         sa.Column("user_id", sa.String(36), nullable=False),
         sa.Column("external_id", sa.String(64), nullable=False),
+        sa.Column("attributes", sa.JSON, nullable=False),
         sa.Column("linked_at", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("project_id", "provider", "subject", name="pk_identities"),
         sa.UniqueConstraint("project_id", "external_id", name="uq_identities_project_id_external_id"),
@@ -33,8 +34,10 @@ def upgrade() -> None:
         ["project_id", "user_id", "linked_at"],
     )
     op.execute(
-        "INSERT INTO identities (project_id, provider, subject, user_id, external_id, linked_at)"
-        " SELECT project_id, provider, subject, user_id, external_id, created_at FROM users"
+        "INSERT INTO identities"
+        " (project_id, provider, subject, user_id, external_id, attributes, linked_at)"
+        " SELECT project_id, provider, subject, user_id, external_id, attributes, created_at"
+        " FROM users"
     )
     with op.batch_alter_table("users") as batch:
         batch.drop_constraint("uq_users_project_id_provider_subject", type_="unique")
@@ -42,6 +45,7 @@ def upgrade() -> None:
         batch.drop_column("provider")
         batch.drop_column("subject")
         batch.drop_column("external_id")
+        batch.drop_column("attributes")
         batch.add_column(sa.Column("merged_into", sa.String(36), nullable=True))
         batch.add_column(sa.Column("merged_at", sa.BigInteger, nullable=True))
     op.add_column("projects", sa.Column("anonymous_retention_days", sa.Integer, nullable=True))
@@ -55,18 +59,21 @@ def downgrade() -> None:
         batch.add_column(sa.Column("provider", sa.String(64), nullable=True))
         batch.add_column(sa.Column("subject", sa.String(512), nullable=True))
         batch.add_column(sa.Column("external_id", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("attributes", sa.JSON, nullable=True))
     first = (
         "(SELECT i.{col} FROM identities i WHERE i.project_id = users.project_id"
         " AND i.user_id = users.user_id ORDER BY i.linked_at, i.provider, i.subject LIMIT 1)"
     )
     op.execute(
         "UPDATE users SET "
-        + ", ".join(f"{col} = {first.format(col=col)}" for col in ("provider", "subject", "external_id"))
+        + ", ".join(f"{col} = {first.format(col=col)}" for col in ("provider", "subject", "external_id", "attributes")
+        )
     )
     with op.batch_alter_table("users") as batch:
         batch.alter_column("provider", nullable=False)
         batch.alter_column("subject", nullable=False)
         batch.alter_column("external_id", nullable=False)
+        batch.alter_column("attributes", nullable=False)
         batch.drop_column("merged_into")
         batch.drop_column("merged_at")
         batch.create_unique_constraint(
