@@ -12,7 +12,7 @@ rest (HTTP helpers, the JWT verifier, the social base).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 import httpx
@@ -34,6 +34,7 @@ from providers.values import (
     AlreadyExists,
     Device,
     FailedPrecondition,
+    Identity,
     InvalidArgument,
     NotFound,
     NotSupported,
@@ -59,6 +60,7 @@ __all__ = [
     "AlreadyExists",
     "Device",
     "FailedPrecondition",
+    "Identity",
     "InvalidArgument",
     "NotFound",
     "NotSupported",
@@ -112,7 +114,11 @@ class Accounts(Protocol):
         Safe under concurrency: racing callers get the same user."""
         ...
 
-    async def find_user(self, subject: str) -> User | None: ...
+    async def find_user(self, subject: str) -> User | None:
+        """The user `subject` signs in as. During an upgrade (Provider.link)
+        this may raise AlreadyExists IDENTITY_ALREADY_LINKED, or merge the
+        anonymous user into the one found; providers need do nothing."""
+        ...
 
     async def find_by_external_id(self, external_id: str) -> User | None: ...
 
@@ -134,6 +140,11 @@ class Accounts(Protocol):
         ...
 
     async def profile(self, user: User) -> ProfileView: ...
+
+    async def identities(self, user: User) -> Sequence[Identity]:
+        """Every identity of the user (this provider's and others'), oldest
+        first: an anonymous user upgraded to a permanent account has two."""
+        ...
 
     async def update_user(
         self,
@@ -284,6 +295,14 @@ class Provider(Generic[S]):
 
     async def logout(self, req: Request) -> Reply:
         raise self._unsupported("logout")
+
+    async def link(self, req: Request) -> Reply | Session:
+        """Sign the caller in with this provider's own credential, as the
+        provider's usual call would (a login, a token read), for linking that
+        identity to an anonymous user (POST /v1/user:link, :merge). The core
+        decides whose the identity becomes; the provider only checks the
+        credential exactly as it always does. Default: not linkable."""
+        raise self._unsupported("linking to an anonymous user")
 
     async def delete_account(self, user: User) -> None:
         """Delete `user`'s account at the upstream identity provider (the

@@ -94,6 +94,9 @@ class OidcProvider(Provider[OidcSettings]):
         user, _ = await self.authenticate(req)
         return Reply(message="OK", data=self.profile_data(await self.ctx.accounts.profile(user)))
 
+    async def link(self, req: Request) -> Reply:
+        return await self.get_user(req)
+
     async def check_user(self, req: Request) -> Reply:
         device_id = require_device_id(req)
         user, _ = await self.authenticate(req)
@@ -139,6 +142,7 @@ class OidcProvider(Provider[OidcSettings]):
             "username": view.user.username,
             "appProfile": view.user.app_profile or {},
             "loginHistory": list(view.login_history),
+            "linkedIdentities": view.identities_json(),
         }
 
     # ------------------------------------------------------------- helpers

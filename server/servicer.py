@@ -7,7 +7,7 @@ envelope. Every failure becomes a status in server/errors.py."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -21,6 +21,7 @@ from providers.kit.inputs import bounded_id, canonical_uuid, id_arg
 from providers.kit.tokens import bounded_token
 from providers.registry import Registry
 from providers.values import (
+    Identity,
     InvalidArgument,
     NotFound,
     NotSupported,
@@ -37,8 +38,11 @@ from server.events import calls
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import call_var, request_id
+from server.events.types import USER_UNLINKED
+from server.store import identities as store_links
 from server.store import repo
 from server.store.db import Database
+from server.upgrade import LINK, MERGE, Upgrade, Upgrades, policy_arg, upgrade_var
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -122,6 +126,30 @@ def _peer_ip(peer: str) -> str:
 
 def _struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(message) if message.fields else {}
+
+
+def _upgrade_reply(
+    req: Request, result: Reply | Session, upgrade: Upgrade, linked: Sequence[Identity]
+) -> pb.UpgradeReply:
+    """What the provider's own call answered, as `data`, and whose the
+    identity is now (filled in by the store during the call)."""
+    if isinstance(result, Session):
+        data = json_format.MessageToDict(_session_reply("OK")(req, result).data)
+    else:
+        data = dict(result.data or {})
+    out = pb.UpgradeReply(result=1, user_id=upgrade.user_id or "")
+    if upgrade.merged is not None:
+        out.message = "users merged" if upgrade.merged.changed else "users were merged already"
+        out.merged_user_id = upgrade.source_id
+    else:
+        out.message = "identity linked"
+    out.data.SetInParent()
+    out.data.update(data)
+    out.linked_identities.extend(
+        pb.LinkedIdentity(provider=i.provider, external_id=i.external_id, linked_at=i.linked_at)
+        for i in linked
+    )
+    return out
 
 
 def _body(request: pb.UserRequest) -> Fields:
@@ -233,6 +261,35 @@ LOGOUT: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 
 
+def _anonymous_token(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(
+            "MISSING_FIELD",
+            "anonymousToken (the anonymous login's profileToken) is required",
+            metadata={"field": "anonymousToken"},
+        )
+    token = bounded_token(value, "anonymousToken")
+    assert token is not None
+    return token
+
+
+async def _during(upgrade: Upgrade, call: Awaitable[T]) -> T:
+    """Run a provider call as an upgrade (server/upgrade.py)."""
+    reset = upgrade_var.set(upgrade)
+    try:
+        result = await call
+    finally:
+        upgrade_var.reset(reset)
+    if upgrade.user_id is None:
+        # The provider signed nobody in through the store: nothing linked.
+        raise InvalidArgument(
+            "OPERATION_NOT_SUPPORTED",
+            f"provider {upgrade.provider} cannot be linked to an anonymous user",
+            metadata={"provider": upgrade.provider, "operation": "link"},
+        )
+    return result
+
+
 def _not_valid(reason: str) -> pb.VerifySignatureReply:
     return pb.VerifySignatureReply(valid=False, reason=reason)
 
@@ -245,6 +302,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         self._projects = projects
         self._keys = keys
         self._database = database
+        self._upgrades = Upgrades(database, keys)
         self._detached = Detached()
 
     # ---------------------------------------------------------------- RPCs
@@ -284,6 +342,60 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
 
     async def Logout(self, request: pb.UserRequest, context: Ctx) -> pb.UserReply:
         return await self._serve(context, request, LOGOUT)
+
+    async def LinkIdentity(self, request: pb.LinkIdentityRequest, context: Ctx) -> pb.UpgradeReply:
+        return await self._upgrade(context, request, LINK, "")
+
+    async def MergeUsers(self, request: pb.MergeUsersRequest, context: Ctx) -> pb.UpgradeReply:
+        return await self._upgrade(context, request, MERGE, request.policy)
+
+    async def UnlinkIdentity(
+        self, request: pb.UnlinkIdentityRequest, context: Ctx
+    ) -> pb.UpgradeReply:
+        async def work() -> pb.UpgradeReply:
+            project_id = project_id_arg(request.project_id)
+            provider = id_arg(request.provider, "provider")
+            if not provider:
+                raise InvalidArgument(
+                    "MISSING_PROVIDER", "provider is required", metadata={"field": "provider"}
+                )
+            external_id = id_arg(request.external_id, "externalId")
+            bearer, client_ip = _caller(context)
+            calls.note_caller(client_ip, None)
+            loaded = await self._project(project_id)
+            if not bearer:
+                raise Unauthenticated(
+                    "MISSING_BEARER_TOKEN",
+                    "an Authorization: Bearer <profileToken> header is required",
+                )
+            claims = await self._upgrades.user_of(bearer, project_id=loaded.project.id)
+            await self._upgrades.refuse_ended(claims, project_id=loaded.project.id)
+            user_id = str(claims["sub"])
+            left = await store_links.unlink_identity(
+                self._database,
+                project_id=loaded.project.id,
+                user_id=user_id,
+                provider=provider,
+                external_id=external_id,
+                now=now(),
+                event=lambda gone: calls.event(
+                    USER_UNLINKED,
+                    loaded.project.id,
+                    provider=gone.provider,
+                    user_id=user_id,
+                    data={"externalId": gone.external_id},
+                ),
+            )
+            out = pb.UpgradeReply(result=1, message="identity unlinked", user_id=user_id)
+            out.linked_identities.extend(
+                pb.LinkedIdentity(
+                    provider=i.provider, external_id=i.external_id, linked_at=i.linked_at
+                )
+                for i in left
+            )
+            return out
+
+        return await self._run(context, work)
 
     async def VerifySignature(
         self, request: pb.VerifySignatureRequest, context: Ctx
@@ -357,7 +469,63 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                 client_ip=client_ip,
                 **route.fields(request),
             )
-            reply = route.reply(req, await route.call(instance, req))
+            token = req.data.pop("anonymousToken", None) if route is LOGIN else None
+            if token is not None:
+                # A login that also upgrades the anonymous user (sign-up,
+                # then login, in one step): the LinkIdentity rules.
+                upgrade = await self._upgrades.plan(
+                    project_id=loaded.project.id,
+                    mode=LINK,
+                    provider=req.provider,
+                    token=_anonymous_token(token),
+                    policy=store_links.KEEP_TARGET,
+                )
+                reply = route.reply(req, await _during(upgrade, route.call(instance, req)))
+            else:
+                reply = route.reply(req, await route.call(instance, req))
+            await calls.after_success(self._database)
+            return reply
+
+        return await self._run(context, work)
+
+    async def _upgrade(
+        self,
+        context: Ctx,
+        request: pb.LinkIdentityRequest | pb.MergeUsersRequest,
+        mode: str,
+        policy: str,
+    ) -> pb.UpgradeReply:
+        async def work() -> pb.UpgradeReply:
+            calls.note_caller(_client_ip(context), _named_device(request))
+            loaded, instance, strategy = await self._resolve(
+                request.project_id, request.provider, request.strategy
+            )
+            chosen = policy_arg(policy)
+            bearer, client_ip = _caller(context)
+            req = Request(
+                project=loaded.project,
+                provider=request.provider,
+                strategy=strategy,
+                bearer=bearer,
+                request_id=request_id(),
+                client_ip=client_ip,
+                data=_struct_to_dict(request.data),
+                user_id=id_arg(request.user_id, "userId"),
+                access_token=bounded_token(request.access_token, "accessToken"),
+                device_id=bounded_id(request.device_id, "deviceId"),
+            )
+            upgrade = await self._upgrades.plan(
+                project_id=loaded.project.id,
+                mode=mode,
+                provider=req.provider,
+                token=_anonymous_token(request.anonymous_token),
+                policy=chosen,
+            )
+            result = await _during(upgrade, instance.link(req))
+            linked = await store_links.identities_of(
+                self._database, loaded.project.id, upgrade.user_id or ""
+            )
+            reply = _upgrade_reply(req, result, upgrade, linked)
             await calls.after_success(self._database)
             return reply
 

@@ -104,7 +104,8 @@ def attributes_of(get_user_reply: Mapping[str, Any]) -> dict[str, str]:
 def profile_data(view: ProfileView, *, username: str, attributes: Mapping[str, str]) -> JSON:
     """The documented GET /user and GET /user/check `data`: the attributes at
     the top level and again, with username, userId and loginHistory, in a
-    nested `data`; updatedAt as a string; the devices."""
+    nested `data`; updatedAt as a string; the devices; and the user's linked
+    identities (beside the documented fields)."""
     return {
         "data": {
             "username": username,
@@ -115,4 +116,5 @@ def profile_data(view: ProfileView, *, username: str, attributes: Mapping[str, s
         **attributes,
         "updatedAt": str(view.user.updated_at),
         "devices": view.devices_json(),
+        "linkedIdentities": view.identities_json(),
     }

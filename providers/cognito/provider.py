@@ -160,6 +160,13 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
         return await self._start_session(tokens, device_id)
 
+    async def link(self, req: Request) -> Reply | Session:
+        # The credential as on the provider's own calls: a password login,
+        # or the access token of one (GET /user).
+        if req.bearer and "email" not in req.data:
+            return await self.get_user(req)
+        return await self.login(req)
+
     async def change_password(self, req: Request) -> Session:
         # The request first: authenticating may write (a user first seen).
         proposed = require_str(req.data, "password", max_len=MAX_PASSWORD_LEN)

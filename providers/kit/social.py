@@ -91,6 +91,9 @@ class SocialProvider(Provider[S]):
             await accounts.record_login(user, device_id)
         return Reply(message="OK", data=profile_data(await accounts.profile(user)))
 
+    async def link(self, req: Request) -> Reply:
+        return await self.check_user_nonstandard(req)
+
     def _user_id(self, req: Request) -> str | None:
         if self.requires_user_id and not req.user_id:
             raise InvalidArgument(
@@ -130,7 +133,7 @@ def ensure_same_user(expected: str | None, upstream_id: str, *, provider: str) -
 def profile_data(view: ProfileView) -> JSON:
     """The documented check reply body for one user: updatedAt (Unix seconds
     as a string, as documented), nickname, email, devices, userId,
-    externalId and loginHistory."""
+    externalId and loginHistory; and the user's linked identities."""
     user = view.user
     attrs = user.attributes
     return {
@@ -141,4 +144,5 @@ def profile_data(view: ProfileView) -> JSON:
         "userId": user.user_id,
         "externalId": user.external_id,
         "loginHistory": list(view.login_history),
+        "linkedIdentities": view.identities_json(),
     }

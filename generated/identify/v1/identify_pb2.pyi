@@ -413,6 +413,206 @@ class VerifySignatureReply(_message.Message):
 Global___VerifySignatureReply: _TypeAlias = VerifySignatureReply  # noqa: Y015
 
 @_typing.final
+class LinkIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_TOKEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    strategy: _builtins.str
+    provider: _builtins.str
+    """The permanent identity's provider."""
+    anonymous_token: _builtins.str
+    """The anonymous user's proof: the profileToken of its anonymous login."""
+    access_token: _builtins.str
+    """google, facebook, twitter: the network's token and user id, as on
+    GET /user/check/nonstandard (the token may be sent as Bearer instead).
+    """
+    user_id: _builtins.str
+    device_id: _builtins.str
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct:
+        """awsCognito: email and password (or send its access token as Bearer)."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        strategy: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        anonymous_token: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        access_token: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "anonymous_token", b"anonymous_token", "data", b"data", "device_id", b"device_id", "project_id", b"project_id", "provider", b"provider", "strategy", b"strategy", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkIdentityRequest: _TypeAlias = LinkIdentityRequest  # noqa: Y015
+
+@_typing.final
+class MergeUsersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_TOKEN_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    strategy: _builtins.str
+    provider: _builtins.str
+    """The permanent user's provider; its credential travels as on LinkIdentity."""
+    anonymous_token: _builtins.str
+    """The anonymous user's proof: the profileToken of its anonymous login."""
+    access_token: _builtins.str
+    user_id: _builtins.str
+    device_id: _builtins.str
+    policy: _builtins.str
+    """How the two appProfiles become one, key by key: keepTarget (default:
+    the permanent user's values win), preferSource (the anonymous user's
+    win), fail (409 APP_PROFILE_CONFLICT when both have one).
+    """
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        strategy: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        anonymous_token: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        access_token: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        policy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "anonymous_token", b"anonymous_token", "data", b"data", "device_id", b"device_id", "policy", b"policy", "project_id", b"project_id", "provider", b"provider", "strategy", b"strategy", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeUsersRequest: _TypeAlias = MergeUsersRequest  # noqa: Y015
+
+@_typing.final
+class UnlinkIdentityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    provider: _builtins.str
+    """The provider of the identity to remove."""
+    external_id: _builtins.str
+    """Its externalId (as the profile's linkedIdentities list it); needed only
+    when the user has more than one identity of that provider.
+    """
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "project_id", b"project_id", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlinkIdentityRequest: _TypeAlias = UnlinkIdentityRequest  # noqa: Y015
+
+@_typing.final
+class UpgradeReply(_message.Message):
+    """The reply of LinkIdentity and MergeUsers: `data` is what the provider's
+    own call answers (a session for a password login, the profile for a
+    token), for the user the identity now belongs to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MERGED_USER_ID_FIELD_NUMBER: _builtins.int
+    LINKED_IDENTITIES_FIELD_NUMBER: _builtins.int
+    result: _builtins.int
+    message: _builtins.str
+    user_id: _builtins.str
+    """The user the identity belongs to now (the anonymous user's own id
+    after a link; the permanent user's after a merge).
+    """
+    merged_user_id: _builtins.str
+    """After a merge: the anonymous user, now a tombstone merged into user_id."""
+    @_builtins.property
+    def data(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def linked_identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkedIdentity]:
+        """The user's identities after the call."""
+
+    def __init__(
+        self,
+        *,
+        result: _builtins.int = ...,
+        message: _builtins.str = ...,
+        data: _struct_pb2.Struct | None = ...,
+        user_id: _builtins.str = ...,
+        merged_user_id: _builtins.str = ...,
+        linked_identities: _abc.Iterable[Global___LinkedIdentity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "linked_identities", b"linked_identities", "merged_user_id", b"merged_user_id", "message", b"message", "result", b"result", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpgradeReply: _TypeAlias = UpgradeReply  # noqa: Y015
+
+@_typing.final
+class LinkedIdentity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    EXTERNAL_ID_FIELD_NUMBER: _builtins.int
+    LINKED_AT_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    external_id: _builtins.str
+    linked_at: _builtins.int
+    """Unix seconds."""
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        external_id: _builtins.str = ...,
+        linked_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["external_id", b"external_id", "linked_at", b"linked_at", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkedIdentity: _TypeAlias = LinkedIdentity  # noqa: Y015
+
+@_typing.final
 class GetJwksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

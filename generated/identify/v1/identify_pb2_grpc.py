@@ -94,6 +94,21 @@ class IdentifyStub:
                 request_serializer=identify_dot_v1_dot_identify__pb2.VerifySignatureRequest.SerializeToString,
                 response_deserializer=identify_dot_v1_dot_identify__pb2.VerifySignatureReply.FromString,
                 _registered_method=True)
+        self.LinkIdentity = channel.unary_unary(
+                '/identify.v1.Identify/LinkIdentity',
+                request_serializer=identify_dot_v1_dot_identify__pb2.LinkIdentityRequest.SerializeToString,
+                response_deserializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
+                _registered_method=True)
+        self.MergeUsers = channel.unary_unary(
+                '/identify.v1.Identify/MergeUsers',
+                request_serializer=identify_dot_v1_dot_identify__pb2.MergeUsersRequest.SerializeToString,
+                response_deserializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
+                _registered_method=True)
+        self.UnlinkIdentity = channel.unary_unary(
+                '/identify.v1.Identify/UnlinkIdentity',
+                request_serializer=identify_dot_v1_dot_identify__pb2.UnlinkIdentityRequest.SerializeToString,
+                response_deserializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
+                _registered_method=True)
         self.GetJwks = channel.unary_unary(
                 '/identify.v1.Identify/GetJwks',
                 request_serializer=identify_dot_v1_dot_identify__pb2.GetJwksRequest.SerializeToString,
@@ -191,6 +206,36 @@ class IdentifyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LinkIdentity(self, request, context):
+        """Upgrades an anonymous user: attaches the permanent identity the request's
+        credential proves (sent exactly as on that provider's own calls) to the
+        anonymous user `anonymousToken` names, keeping its userId, devices, login
+        history and appProfile. 409 IDENTITY_ALREADY_LINKED when the identity
+        belongs to another user (its userId in the ErrorInfo metadata): merge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeUsers(self, request, context):
+        """Merges the anonymous user `anonymousToken` names into the permanent user
+        the credential proves: its devices and logins move, its appProfile is
+        merged by `policy`, and it stays as a tombstone (mergedInto). The same
+        merge again changes nothing. When the identity belongs to nobody yet,
+        this links it (same as LinkIdentity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkIdentity(self, request, context):
+        """Removes one identity of the signed-in user (Bearer: its profileToken);
+        never the last one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJwks(self, request, context):
         """The public keys that verify our profileToken (JWKS, RFC 7517).
         """
@@ -260,6 +305,21 @@ def add_IdentifyServicer_to_server(servicer, server):
                     servicer.VerifySignature,
                     request_deserializer=identify_dot_v1_dot_identify__pb2.VerifySignatureRequest.FromString,
                     response_serializer=identify_dot_v1_dot_identify__pb2.VerifySignatureReply.SerializeToString,
+            ),
+            'LinkIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.LinkIdentity,
+                    request_deserializer=identify_dot_v1_dot_identify__pb2.LinkIdentityRequest.FromString,
+                    response_serializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.SerializeToString,
+            ),
+            'MergeUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeUsers,
+                    request_deserializer=identify_dot_v1_dot_identify__pb2.MergeUsersRequest.FromString,
+                    response_serializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.SerializeToString,
+            ),
+            'UnlinkIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkIdentity,
+                    request_deserializer=identify_dot_v1_dot_identify__pb2.UnlinkIdentityRequest.FromString,
+                    response_serializer=identify_dot_v1_dot_identify__pb2.UpgradeReply.SerializeToString,
             ),
             'GetJwks': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJwks,
@@ -591,6 +651,87 @@ class Identify:
             '/identify.v1.Identify/VerifySignature',
             identify_dot_v1_dot_identify__pb2.VerifySignatureRequest.SerializeToString,
             identify_dot_v1_dot_identify__pb2.VerifySignatureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LinkIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identify.v1.Identify/LinkIdentity',
+            identify_dot_v1_dot_identify__pb2.LinkIdentityRequest.SerializeToString,
+            identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identify.v1.Identify/MergeUsers',
+            identify_dot_v1_dot_identify__pb2.MergeUsersRequest.SerializeToString,
+            identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/identify.v1.Identify/UnlinkIdentity',
+            identify_dot_v1_dot_identify__pb2.UnlinkIdentityRequest.SerializeToString,
+            identify_dot_v1_dot_identify__pb2.UpgradeReply.FromString,
             options,
             channel_credentials,
             insecure,

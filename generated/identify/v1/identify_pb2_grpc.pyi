@@ -70,6 +70,24 @@ class IdentifyStub:
     """For downstream services: checks a session `signature`, and that the
     session has not ended since (logout, revocation) nor grown too old.
     """
+    LinkIdentity: _grpc.UnaryUnaryMultiCallable[_identify_pb2.LinkIdentityRequest, _identify_pb2.UpgradeReply]
+    """Upgrades an anonymous user: attaches the permanent identity the request's
+    credential proves (sent exactly as on that provider's own calls) to the
+    anonymous user `anonymousToken` names, keeping its userId, devices, login
+    history and appProfile. 409 IDENTITY_ALREADY_LINKED when the identity
+    belongs to another user (its userId in the ErrorInfo metadata): merge.
+    """
+    MergeUsers: _grpc.UnaryUnaryMultiCallable[_identify_pb2.MergeUsersRequest, _identify_pb2.UpgradeReply]
+    """Merges the anonymous user `anonymousToken` names into the permanent user
+    the credential proves: its devices and logins move, its appProfile is
+    merged by `policy`, and it stays as a tombstone (mergedInto). The same
+    merge again changes nothing. When the identity belongs to nobody yet,
+    this links it (same as LinkIdentity).
+    """
+    UnlinkIdentity: _grpc.UnaryUnaryMultiCallable[_identify_pb2.UnlinkIdentityRequest, _identify_pb2.UpgradeReply]
+    """Removes one identity of the signed-in user (Bearer: its profileToken);
+    never the last one.
+    """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identify_pb2.GetJwksRequest, _identify_pb2.Jwks]
     """The public keys that verify our profileToken (JWKS, RFC 7517)."""
 
@@ -105,6 +123,24 @@ class IdentifyAsyncStub(IdentifyStub):
     VerifySignature: _aio.UnaryUnaryMultiCallable[_identify_pb2.VerifySignatureRequest, _identify_pb2.VerifySignatureReply]  # type: ignore[assignment]
     """For downstream services: checks a session `signature`, and that the
     session has not ended since (logout, revocation) nor grown too old.
+    """
+    LinkIdentity: _aio.UnaryUnaryMultiCallable[_identify_pb2.LinkIdentityRequest, _identify_pb2.UpgradeReply]  # type: ignore[assignment]
+    """Upgrades an anonymous user: attaches the permanent identity the request's
+    credential proves (sent exactly as on that provider's own calls) to the
+    anonymous user `anonymousToken` names, keeping its userId, devices, login
+    history and appProfile. 409 IDENTITY_ALREADY_LINKED when the identity
+    belongs to another user (its userId in the ErrorInfo metadata): merge.
+    """
+    MergeUsers: _aio.UnaryUnaryMultiCallable[_identify_pb2.MergeUsersRequest, _identify_pb2.UpgradeReply]  # type: ignore[assignment]
+    """Merges the anonymous user `anonymousToken` names into the permanent user
+    the credential proves: its devices and logins move, its appProfile is
+    merged by `policy`, and it stays as a tombstone (mergedInto). The same
+    merge again changes nothing. When the identity belongs to nobody yet,
+    this links it (same as LinkIdentity).
+    """
+    UnlinkIdentity: _aio.UnaryUnaryMultiCallable[_identify_pb2.UnlinkIdentityRequest, _identify_pb2.UpgradeReply]  # type: ignore[assignment]
+    """Removes one identity of the signed-in user (Bearer: its profileToken);
+    never the last one.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_identify_pb2.GetJwksRequest, _identify_pb2.Jwks]  # type: ignore[assignment]
     """The public keys that verify our profileToken (JWKS, RFC 7517)."""
@@ -210,6 +246,42 @@ class IdentifyServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identify_pb2.VerifySignatureReply, _abc.Awaitable[_identify_pb2.VerifySignatureReply]]:
         """For downstream services: checks a session `signature`, and that the
         session has not ended since (logout, revocation) nor grown too old.
+        """
+
+    @_abc_1.abstractmethod
+    def LinkIdentity(
+        self,
+        request: _identify_pb2.LinkIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identify_pb2.UpgradeReply, _abc.Awaitable[_identify_pb2.UpgradeReply]]:
+        """Upgrades an anonymous user: attaches the permanent identity the request's
+        credential proves (sent exactly as on that provider's own calls) to the
+        anonymous user `anonymousToken` names, keeping its userId, devices, login
+        history and appProfile. 409 IDENTITY_ALREADY_LINKED when the identity
+        belongs to another user (its userId in the ErrorInfo metadata): merge.
+        """
+
+    @_abc_1.abstractmethod
+    def MergeUsers(
+        self,
+        request: _identify_pb2.MergeUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identify_pb2.UpgradeReply, _abc.Awaitable[_identify_pb2.UpgradeReply]]:
+        """Merges the anonymous user `anonymousToken` names into the permanent user
+        the credential proves: its devices and logins move, its appProfile is
+        merged by `policy`, and it stays as a tombstone (mergedInto). The same
+        merge again changes nothing. When the identity belongs to nobody yet,
+        this links it (same as LinkIdentity).
+        """
+
+    @_abc_1.abstractmethod
+    def UnlinkIdentity(
+        self,
+        request: _identify_pb2.UnlinkIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identify_pb2.UpgradeReply, _abc.Awaitable[_identify_pb2.UpgradeReply]]:
+        """Removes one identity of the signed-in user (Bearer: its profileToken);
+        never the last one.
         """
 
     @_abc_1.abstractmethod
