@@ -35,10 +35,10 @@ from server.clock import now
 from server.detached import Detached
 from server.edge import CLIENT_IP_HEADER
 from server.events import calls
+from server.events.types import USER_UNLINKED
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import call_var, request_id
-from server.events.types import USER_UNLINKED
 from server.store import identities as store_links
 from server.store import repo
 from server.store.db import Database
