@@ -86,6 +86,14 @@ class Upgrades:
     async def plan(
         self, *, project_id: str, mode: str, provider: str, token: str, policy: str
     ) -> Upgrade:
+        if provider == store.ANONYMOUS:
+            # A device proves no permanent identity (and PUT /user/login
+            # with data.anonymousToken must not attach one device to another).
+            raise InvalidArgument(
+                "OPERATION_NOT_SUPPORTED",
+                "provider anonymous does not support linking to an anonymous user",
+                metadata={"provider": provider, "operation": "link"},
+            )
         claims = await self.user_of(token, project_id=project_id)
         if claims.get("provider") != store.ANONYMOUS:
             raise _invalid("it was issued to a user signed in with another provider")

@@ -23,6 +23,7 @@ from tests.fakes.oidc_issuer import FakeIssuer, SigningKey
 from tests.harness import Stack, error_reason, free_port, start_stack
 
 AUD = "https://api.identify-e2e.test"
+
 AUD_B = "https://api.other-app.test"
 MGMT_ID = "mgmt-client"
 MGMT_SECRET = "mgmt-secret-e2e"
@@ -167,13 +168,18 @@ def stored_user(db_url: str, project: str, subject: str) -> dict[str, Any]:
         engine = create_async_engine(DatabaseUrl.parse(db_url).driver_url)
         try:
             async with engine.connect() as conn:
-                query = sa.select(users.c.username, users.c.attributes).where(
-                    users.c.project_id == project,
-                    users.c.user_id.in_(
-                        sa.select(identities.c.user_id).where(
-                            identities.c.project_id == project, identities.c.subject == subject
+                query = (
+                    sa.select(users.c.username, identities.c.attributes)
+                    .select_from(
+                        identities.join(
+                            users,
+                            sa.and_(
+                                users.c.project_id == identities.c.project_id,
+                                users.c.user_id == identities.c.user_id,
+                            ),
                         )
-                    ),
+                    )
+                    .where(identities.c.project_id == project, identities.c.subject == subject)
                 )
                 row = (await conn.execute(query)).one()
                 return {"username": row.username, "attributes": row.attributes}
@@ -191,7 +197,10 @@ def test_get_user_seeds_from_token_and_userinfo(world: World, prefix: str) -> No
     token = world.token(world.a, sub)
     reply = world.get_user(token, prefix=prefix)
     assert reply.status_code == 200, reply.text
-    assert reply.json() == {
+    body = reply.json()
+    (identity,) = body["data"].pop("linkedIdentities")
+    assert identity["provider"] == "authZero" and len(identity["externalId"]) == 64
+    assert body == {
         "result": 1,
         "message": "OK",
         "data": {"username": "fromUserinfo", "appProfile": {}, "loginHistory": []},
@@ -292,7 +301,7 @@ def test_check_records_device_and_login(world: World, prefix: str) -> None:
     first = world.check(token, device, prefix=prefix)
     assert first.status_code == 200, first.text
     data = first.json()["data"]
-    assert set(data) == {"username", "appProfile", "loginHistory"}
+    assert set(data) == {"username", "appProfile", "loginHistory", "linkedIdentities"}
     assert data["username"] == "checker" and len(data["loginHistory"]) == 1
     assert isinstance(data["loginHistory"][0], int)
     again = world.check(token, device.upper(), prefix=prefix).json()["data"]

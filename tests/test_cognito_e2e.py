@@ -467,6 +467,7 @@ def test_profile_has_the_documented_shape(http: httpx.Client, prefix: str) -> No
         "custom:terms_optin2",
         "updatedAt",
         "devices",
+        "linkedIdentities",
     }
     assert data["email"] == email and data["nickname"] == "burger1111111"
     assert data["custom:terms_optin1"] == "1"

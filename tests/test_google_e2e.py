@@ -117,6 +117,7 @@ def test_valid_id_token_gives_the_documented_profile(world: World, path: str) ->
         "userId",
         "externalId",
         "loginHistory",
+        "linkedIdentities",
     }
     assert re.fullmatch(r"\d+", data["updatedAt"]) and int(data["updatedAt"]) >= before - 1
     assert data["nickname"] == "Jane Doe" and data["email"] == "jane@gmail.test"

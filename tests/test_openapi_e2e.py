@@ -59,6 +59,9 @@ OFFERED = {
     "ConfirmForgotPassword": COGNITO_ONLY,
     "RefreshSession": COGNITO_ONLY,
     "Logout": COGNITO_ONLY,
+    "LinkIdentity": ("oidc", "awsCognito", "facebook", "twitter"),
+    "MergeUsers": ("oidc", "awsCognito", "facebook", "twitter"),
+    "UnlinkIdentity": ("anonymous", "oidc", "awsCognito"),
 }
 # Calls some generated case gets a 2xx from (the others need what no
 # generated call holds: a password reset code, a fresh password).

@@ -129,6 +129,6 @@ def test_every_builtin_provider_refuses_an_unknown_key_by_name(name: str) -> Non
     assert cls is not None
     parsed = cls.validate_settings(MINIMAL_SETTINGS[name])
     # Providers without settings parse to None; the others to their typed value.
-    assert (parsed is None) == (name in ("anonymous", "noLogin")), parsed
+    assert (parsed is None) == (name == "noLogin"), parsed
     with pytest.raises(ValueError, match=f"^unknown {name} setting\\(s\\): notASetting;"):
         cls.validate_settings({**MINIMAL_SETTINGS[name], "notASetting": 1})

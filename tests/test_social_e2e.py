@@ -136,7 +136,8 @@ def test_facebook_valid_token_returns_the_documented_profile(world: World, path:
     assert (body["result"], body["message"]) == (1, "OK")
     data = body["data"]
     assert set(data) == {
-        "updatedAt", "nickname", "email", "devices", "userId", "externalId", "loginHistory"
+        "updatedAt", "nickname", "email", "devices", "userId", "externalId", "loginHistory",
+        "linkedIdentities",
     }  # fmt: skip
     assert re.fullmatch(r"\d{10}", data["updatedAt"])
     assert (data["nickname"], data["email"]) == ("Ada Lovelace", "ada@example.com")
