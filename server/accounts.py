@@ -14,11 +14,11 @@ from server.events import calls
 from server.events.audit import AuditEvent
 from server.events.types import USER_CREATED, USER_LINKED, USER_MERGED, USER_UPDATED
 from server.keys import KeyStore
-from server.upgrade import LINK, Upgrade, upgrade_var
 from server.store import identities as links
 from server.store import repo
 from server.store.db import Database
 from server.store.schema import issued_tokens, revoked_tokens
+from server.upgrade import LINK, Upgrade, upgrade_var
 
 _FIELD_NAMES = {"app_profile": "appProfile"}
 
