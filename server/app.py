@@ -34,7 +34,7 @@ from server.keys import KeyStore
 from server.metrics import upstream
 from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
-from server.store import repo
+from server.store import repo, retention
 from server.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,13 @@ class Service:
                     log.info("purged %d deleted projects", purged)
             except Exception:
                 log.warning("purging expired records failed", exc_info=True)
+            try:
+                # Projects that set anonymousRetentionDays; batches with pauses.
+                stale = await retention.purge_stale_anonymous(self.database, now=now())
+                if stale:
+                    log.info("purged %d anonymous users past their project's retention", stale)
+            except Exception:
+                log.warning("purging stale anonymous users failed", exc_info=True)
             try:
                 # In small batches with pauses: logins write between two.
                 past = await audit.purge_expired(self.database, now=now())

@@ -24,6 +24,7 @@ async def bootstrap(
             name=project.name,
             providers_settings=project.providers,
             limits=project.limits,
+            anonymous_retention_days=project.anonymous_retention_days,
             secret=tokens.new_project_secret(),
             now=now(),
         )

@@ -9,6 +9,7 @@ projects:
       noLogin: {}
     limits:                # optional: abuse limits (server/abuse/policy.py)
       anonymousSignUp: {perIp: 30/hour}
+    anonymousRetentionDays: 365   # optional: purge anonymous users idle this long
 ```
 Provider settings use camelCase names. A secret may be written `${ENV_VAR}`:
 the reference is stored as written and resolved in each process from its own
@@ -44,6 +45,8 @@ class ProjectConfig:
     providers: Mapping[str, Mapping[str, Any]]
     # The `limits:` block as written (None: the defaults); see server/abuse/policy.py.
     limits: Mapping[str, Any] | None = None
+    # Anonymous users with no login for this many days are purged (None: kept).
+    anonymous_retention_days: int | None = None
 
 
 def resolve_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
@@ -90,6 +93,8 @@ def parse(raw: Any, registry: Registry, *, source: str = "config") -> list[Proje
 
 
 MAX_NAME_CHARS = 200
+# Ten years: a longer retention is a typo, not a policy.
+MAX_ANONYMOUS_RETENTION_DAYS = 3650
 
 
 def parse_project(entry: Any, registry: Registry, *, where: str) -> ProjectConfig:
@@ -131,4 +136,17 @@ def parse_project(entry: Any, registry: Registry, *, where: str) -> ProjectConfi
         parse_limits(limits)
     except ValueError as exc:
         raise ConfigError(f"{where}.limits: {exc}") from None
-    return ProjectConfig(project_id, str(name), checked, dict(limits) if limits else None)
+    retention = entry.get("anonymousRetentionDays")
+    # bool is an int to Python; `true` in YAML is no number of days.
+    if retention is not None and (
+        isinstance(retention, bool)
+        or not isinstance(retention, int)
+        or not 1 <= retention <= MAX_ANONYMOUS_RETENTION_DAYS
+    ):
+        raise ConfigError(
+            f"{where}.anonymousRetentionDays: must be a whole number of days"
+            f" from 1 to {MAX_ANONYMOUS_RETENTION_DAYS} (leave it out to keep them forever)"
+        )
+    return ProjectConfig(
+        project_id, str(name), checked, dict(limits) if limits else None, retention
+    )

@@ -232,6 +232,9 @@ def _project_message(args: argparse.Namespace) -> tuple[pb.Project, list[str]]:
     if args.audit_retention_days is not None:
         project.audit_retention_days = args.audit_retention_days
         paths.append("audit_retention_days")
+    if args.anonymous_retention_days is not None:
+        project.anonymous_retention_days = args.anonymous_retention_days
+        paths.append("anonymous_retention_days")
     return project, paths
 
 
@@ -382,6 +385,12 @@ def register(sub: Any) -> None:
         p.add_argument("--providers", metavar="JSON", help="e.g. '{\"anonymous\": {}}'")
         p.add_argument("--limits", metavar="JSON")
         p.add_argument("--audit-retention-days", type=int)
+        p.add_argument(
+            "--anonymous-retention-days",
+            type=int,
+            metavar="D",
+            help="purge anonymous users with no login for D days (0: keep forever)",
+        )
     p = command(
         projects,
         "delete",

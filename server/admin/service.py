@@ -33,7 +33,7 @@ from server import errors, tokens
 from server.admin import audit, events, keys, names, pages, store
 from server.admin.audit import AuditEvent
 from server.clock import now
-from server.config import ConfigError, parse_project
+from server.config import MAX_ANONYMOUS_RETENTION_DAYS, ConfigError, parse_project
 from server.detached import Detached
 from server.edge import CLIENT_IP_HEADER
 from server.events import audit as trail
@@ -150,6 +150,7 @@ def project_message(record: store.ProjectRecord) -> pb.Project:
         providers=_struct(record.providers),
         limits=_struct(record.limits),
         audit_retention_days=record.audit_retention_days or 0,
+        anonymous_retention_days=record.anonymous_retention_days or 0,
         create_time=_ts(record.created_at),
         update_time=_ts(record.updated_at),
         delete_time=_ts(record.deleted_at),
@@ -299,6 +300,17 @@ def _retention(days: int) -> int | None:
             "INVALID_VALUE",
             f"audit_retention_days must be 0 (the default, 90) to {MAX_RETENTION_DAYS}",
             metadata={"field": "auditRetentionDays"},
+        )
+    return days or None
+
+
+def _anonymous_retention(days: int) -> int | None:
+    # 0 is proto3's unset: it can only mean the YAML file's absent key.
+    if not 0 <= days <= MAX_ANONYMOUS_RETENTION_DAYS:
+        raise InvalidArgument(
+            "INVALID_VALUE",
+            f"anonymous_retention_days must be 0 (keep forever) to {MAX_ANONYMOUS_RETENTION_DAYS}",
+            metadata={"field": "anonymousRetentionDays"},
         )
     return days or None
 
@@ -475,6 +487,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 secret=tokens.new_project_secret(),
                 now=now(),
                 event=caller.event(pid, types.ADMIN_PROJECT_CREATED),
+                anonymous_retention_days=_anonymous_retention(given.anonymous_retention_days),
             )
             if created is None:
                 raise AlreadyExists(
@@ -487,7 +500,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return await self._run(context, write=True, target=lambda: SERVICE_WIDE, work=work)
 
     async def UpdateProject(self, request: pb.UpdateProjectRequest, context: Ctx) -> pb.Project:
-        allowed = ("display_name", "providers", "limits", "audit_retention_days")
+        allowed = (
+            "display_name",
+            "providers",
+            "limits",
+            "audit_retention_days",
+            "anonymous_retention_days",
+        )
 
         async def work(caller: Caller) -> pb.Project:
             given = request.project
@@ -502,10 +521,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                         ("providers", given.HasField("providers")),
                         ("limits", given.HasField("limits")),
                         ("audit_retention_days", given.audit_retention_days != 0),
+                        ("anonymous_retention_days", given.anonymous_retention_days != 0),
                     )
                     if present
                 ]
             retention = _retention(given.audit_retention_days)
+            anonymous_retention = _anonymous_retention(given.anonymous_retention_days)
 
             def check(current: store.ProjectRecord) -> Mapping[str, Any]:
                 settings = self._settings(
@@ -521,6 +542,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 values = {k: settings[k] for k in ("name", "providers", "limits")}
                 if "audit_retention_days" in paths:
                     values["audit_retention_days"] = retention
+                if "anonymous_retention_days" in paths:
+                    values["anonymous_retention_days"] = anonymous_retention
                 return values
 
             updated = await store.update_project(

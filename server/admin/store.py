@@ -85,6 +85,7 @@ class ProjectRecord:
     created_at: int
     updated_at: int
     deleted_at: int | None
+    anonymous_retention_days: int | None
 
 
 def _project(row: Any) -> ProjectRecord:
@@ -97,6 +98,7 @@ def _project(row: Any) -> ProjectRecord:
         row.created_at,
         row.updated_at,
         row.deleted_at,
+        row.anonymous_retention_days,
     )
 
 
@@ -148,6 +150,7 @@ async def create_project(
     secret: str,
     now: int,
     event: AuditEvent,
+    anonymous_retention_days: int | None,
 ) -> ProjectRecord | None:
     """None when a project with this id exists (soft-deleted or not)."""
 
@@ -162,6 +165,7 @@ async def create_project(
                 providers=dict(providers_settings),
                 limits=dict(limits) if limits is not None else None,
                 audit_retention_days=audit_retention_days,
+                anonymous_retention_days=anonymous_retention_days,
                 created_at=now,
                 updated_at=now,
             )

@@ -1,5 +1,6 @@
 """Queries of upgrading anonymous users: link a permanent identity to one,
-merge one into a permanent user, unlink an identity, purge stale ones.
+merge one into a permanent user, unlink an identity (stale ones are purged
+by server/store/retention.py).
 
 Each runs in one transaction that first holds the rows it decides on
 (SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE holds the

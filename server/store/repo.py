@@ -70,16 +70,18 @@ async def upsert_project(
     limits: Mapping[str, Any] | None,
     secret: str,
     now: int,
+    anonymous_retention_days: int | None = None,
 ) -> None:
-    """Creates the project with `secret`, or updates name, providers and
-    limits while keeping the secret it already has (rotating it would change
-    every user's externalId)."""
+    """Creates the project with `secret`, or updates name, providers,
+    limits and anonymous retention while keeping the secret it already has
+    (rotating it would change every user's externalId)."""
 
     def run(conn: sa.Connection) -> None:
         values = {
             "name": name,
             "providers": dict(providers_settings),
             "limits": dict(limits) if limits is not None else None,
+            "anonymous_retention_days": anonymous_retention_days,
             "updated_at": now,
         }
         stmt = insert_for(conn, projects).values(

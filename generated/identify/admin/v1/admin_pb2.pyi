@@ -55,6 +55,7 @@ class Project(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     PURGE_TIME_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`projects/{project}`, where {project} is the projectId (a UUID)."""
     project_id: _builtins.str
@@ -62,6 +63,10 @@ class Project(_message.Message):
     display_name: _builtins.str
     audit_retention_days: _builtins.int
     """Days audit events are kept; 0: the default (90)."""
+    anonymous_retention_days: _builtins.int
+    """Anonymous users with no login for this many days are purged (each
+    recorded as `user.purged`); 0: kept forever.
+    """
     @_builtins.property
     def providers(self) -> _struct_pb2.Struct:
         """Provider name -> settings, as in the YAML file (camelCase keys;
@@ -97,10 +102,11 @@ class Project(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         purge_time: _timestamp_pb2.Timestamp | None = ...,
+        anonymous_retention_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "limits", b"limits", "providers", b"providers", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_retention_days", b"audit_retention_days", "create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "limits", b"limits", "name", b"name", "project_id", b"project_id", "providers", b"providers", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_retention_days", b"anonymous_retention_days", "audit_retention_days", b"audit_retention_days", "create_time", b"create_time", "delete_time", b"delete_time", "display_name", b"display_name", "limits", b"limits", "name", b"name", "project_id", b"project_id", "providers", b"providers", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

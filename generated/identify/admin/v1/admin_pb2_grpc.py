@@ -206,7 +206,8 @@ class AdminServicer:
 
     def UpdateProject(self, request, context):
         """Updates the fields named in `update_mask` (`display_name`, `providers`,
-        `limits`, `audit_retention_days`); without a mask, every one sent.
+        `limits`, `audit_retention_days`, `anonymous_retention_days`); without a
+        mask, every one sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

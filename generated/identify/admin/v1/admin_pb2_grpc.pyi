@@ -59,7 +59,8 @@ class AdminStub:
     """
     UpdateProject: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateProjectRequest, _admin_pb2.Project]
     """Updates the fields named in `update_mask` (`display_name`, `providers`,
-    `limits`, `audit_retention_days`); without a mask, every one sent.
+    `limits`, `audit_retention_days`, `anonymous_retention_days`); without a
+    mask, every one sent.
     """
     DeleteProject: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteProjectRequest, _admin_pb2.Project]
     """Soft-deletes a project: every call naming it is refused from now on
@@ -162,7 +163,8 @@ class AdminAsyncStub(AdminStub):
     """
     UpdateProject: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateProjectRequest, _admin_pb2.Project]  # type: ignore[assignment]
     """Updates the fields named in `update_mask` (`display_name`, `providers`,
-    `limits`, `audit_retention_days`); without a mask, every one sent.
+    `limits`, `audit_retention_days`, `anonymous_retention_days`); without a
+    mask, every one sent.
     """
     DeleteProject: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteProjectRequest, _admin_pb2.Project]  # type: ignore[assignment]
     """Soft-deletes a project: every call naming it is refused from now on
@@ -286,7 +288,8 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Project, _abc.Awaitable[_admin_pb2.Project]]:
         """Updates the fields named in `update_mask` (`display_name`, `providers`,
-        `limits`, `audit_retention_days`); without a mask, every one sent.
+        `limits`, `audit_retention_days`, `anonymous_retention_days`); without a
+        mask, every one sent.
         """
 
     @_abc_1.abstractmethod
