@@ -107,7 +107,16 @@ class Upgrades:
             if mode != MERGE:
                 raise store.already_merged(state.merged_into)
         else:
-            await self.refuse_ended(claims, project_id=project_id)
+            try:
+                await self.refuse_ended(claims, project_id=project_id)
+            except Unauthenticated:
+                # A merge that committed between the two reads ended these
+                # sessions: answered as if it had been read first.
+                again = await store.source_state(self._database, project_id, source_id)
+                if again is None or again.merged_into is None:
+                    raise
+                if mode != MERGE:
+                    raise store.already_merged(again.merged_into) from None
         return Upgrade(mode=mode, provider=provider, source_id=source_id, policy=policy)
 
     async def refuse_ended(self, claims: dict[str, Any], *, project_id: str) -> None:
