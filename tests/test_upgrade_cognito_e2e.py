@@ -16,6 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from server.store.schema import audit_events, users
 from tests.harness import Stack, cognito_pool, in_store, moto_cognito, refused, start_stack
 
 REGION = "us-east-1"
@@ -136,10 +137,7 @@ class World:
 
         def run(conn: sa.Connection) -> None:
             conn.execute(
-                sa.text("UPDATE users SET app_profile = :p WHERE user_id = :u").bindparams(
-                    sa.bindparam("p", type_=sa.JSON)
-                ),
-                {"p": app_profile, "u": user_id},
+                users.update().where(users.c.user_id == user_id).values(app_profile=app_profile)
             )
 
         in_store(self.db, run, write=True)
@@ -147,9 +145,7 @@ class World:
     def app_profile(self, user_id: str) -> Any:
         def run(conn: sa.Connection) -> Any:
             return conn.execute(
-                sa.select(sa.column("app_profile", sa.JSON))
-                .select_from(sa.table("users"))
-                .where(sa.column("user_id") == user_id)
+                sa.select(users.c.app_profile).where(users.c.user_id == user_id)
             ).scalar_one()
 
         return in_store(self.db, run)
@@ -211,9 +207,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
 
 # ------------------------------------------------------------------ link
 @pytest.mark.parametrize("prefix", PREFIXES)
-def test_link_by_password_keeps_the_user_id_devices_and_history(
-    world: World, prefix: str
-) -> None:
+def test_link_by_password_keeps_the_user_id_devices_and_history(world: World, prefix: str) -> None:
     anon = world.anonymous()
     assert world.anonymous_login(PROJECT, anon["deviceId"]).status_code == 200  # a second login
     email = world.upstream_user()
@@ -270,9 +264,13 @@ def test_login_with_anonymous_token_upgrades_in_one_step(
     world: World, signed_up_with_us: bool
 ) -> None:
     anon = world.anonymous()
+    registered = None
     if signed_up_with_us:
         email = new_email()
-        world.sign_up(email)
+        # Our sign-up makes its user at once (the reply names it), never
+        # signed in: the login carrying the anonymous token adopts its identity.
+        registered = world.sign_up(email)["userId"]
+        assert registered != anon["userId"]
     else:
         email = world.upstream_user()
     session = world.session(email, anonymousToken=anon["profileToken"])
@@ -280,6 +278,17 @@ def test_login_with_anonymous_token_upgrades_in_one_step(
     assert session["profileToken"] and session["accessToken"]
     identities = rows_of(world.db, anon["userId"])["identities"]
     assert len(identities) == 2
+    if registered is not None:
+        # The unused user is a tombstone pointing at the anonymous user.
+        unused = rows_of(world.db, registered)
+        assert unused["identities"] == [] and unused["devices"] == [] and unused["logins"] == []
+        merged_into = in_store(
+            world.db,
+            lambda c: c.execute(
+                sa.select(users.c.merged_into).where(users.c.user_id == registered)
+            ).scalar_one(),
+        )
+        assert merged_into == anon["userId"]
     # A plain login later signs the same user in.
     later = world.session(email)
     assert later["userId"] == anon["userId"]
@@ -373,14 +382,14 @@ def test_merge_by_password_moves_devices_and_history(
     events = in_store(
         world.db,
         lambda c: c.execute(
-            sa.text(
-                "SELECT user_id, provider, data FROM audit_events"
-                " WHERE project_id = :p AND type = 'user.merged' AND user_id = :u"
-            ).columns(sa.column("data", sa.JSON)),
-            {"p": PROJECT, "u": target_id},
+            sa.select(audit_events.c.provider, audit_events.c.data).where(
+                audit_events.c.project_id == PROJECT,
+                audit_events.c.type == "user.merged",
+                audit_events.c.user_id == target_id,
+            )
         ).all(),
     )
-    [(_, provider, data)] = events
+    [(provider, data)] = events
     assert provider == "awsCognito"
     assert data["sourceUserId"] == anon["userId"] and data["targetUserId"] == target_id
     assert data["movedDevices"] == 1 and data["movedLogins"] == 2
@@ -506,9 +515,7 @@ def test_an_anonymous_token_of_another_project_links_nothing(world: World) -> No
     refused(
         world.upgrade("merge", anon["profileToken"], email=email), 401, "INVALID_ANONYMOUS_TOKEN"
     )
-    refused(
-        world.login(email, anonymousToken=anon["profileToken"]), 401, "INVALID_ANONYMOUS_TOKEN"
-    )
+    refused(world.login(email, anonymousToken=anon["profileToken"]), 401, "INVALID_ANONYMOUS_TOKEN")
     assert rows_of(world.db, anon["userId"]) == before
     # Nothing was linked: the Cognito account signs in as a new user of its own.
     assert world.session(email)["userId"] != anon["userId"]
