@@ -98,8 +98,9 @@ class ScopedAccounts:
             return user
         if user.user_id != upgrade.source_id:
             if upgrade.mode == LINK:
-                raise links.already_linked(user.user_id, self._provider)
-            user = await self._merge(upgrade, into=user)
+                user = await self._adopt(upgrade, subject, held_by=user)
+            else:
+                user = await self._merge(upgrade, into=user)
         upgrade.user_id = user.user_id
         return user
 
@@ -112,6 +113,36 @@ class ScopedAccounts:
         upgrades to this provider."""
         upgrade = upgrade_var.get()
         return upgrade if upgrade is not None and upgrade.provider == self._provider else None
+
+    async def _adopt(self, upgrade: Upgrade, subject: str, *, held_by: User) -> User:
+        """A link to an identity another user holds: refused, unless this is
+        a login carrying the anonymousToken and that user was only made by a
+        sign-up, never signed in (sign-up, then login, in one step): then the
+        identity moves to the anonymous user."""
+        if not upgrade.adopt_unused:
+            raise links.already_linked(held_by.user_id, self._provider)
+        adopted = await links.adopt_unused(
+            self._database,
+            project_id=self._project_id,
+            source_id=upgrade.source_id,
+            holder_id=held_by.user_id,
+            provider=self._provider,
+            subject=subject,
+            now=now(),
+            event=calls.event(
+                USER_LINKED,
+                self._project_id,
+                provider=self._provider,
+                user_id=upgrade.source_id,
+                data={"externalId": held_by.external_id, "unusedUserId": held_by.user_id},
+            ),
+        )
+        user = await repo.find_user(
+            self._database, self._project_id, "subject", subject, provider=self._provider
+        )
+        if not adopted or user is None or user.user_id != upgrade.source_id:
+            raise links.already_linked(held_by.user_id, self._provider)
+        return user
 
     async def _merge(self, upgrade: Upgrade, *, into: User) -> User:
         def event(moved_devices: int, moved_logins: int) -> AuditEvent:

@@ -480,6 +480,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                     token=_anonymous_token(token),
                     policy=store_links.KEEP_TARGET,
                 )
+                upgrade.adopt_unused = True
                 reply = route.reply(req, await _during(upgrade, route.call(instance, req)))
             else:
                 reply = route.reply(req, await route.call(instance, req))

@@ -35,6 +35,9 @@ class Upgrade:
     # The anonymous user the proof names.
     source_id: str
     policy: str = store.KEEP_TARGET
+    # A login carrying data.anonymousToken (sign-up, then login): the
+    # identity may be held by the user that sign-up made, never signed in.
+    adopt_unused: bool = False
     # Filled in by the store: the user the identity belongs to after the call.
     user_id: str | None = None
     merged: store.Merged | None = None

@@ -156,6 +156,66 @@ async def link_identity(
     return await database.write(run)
 
 
+async def adopt_unused(
+    database: Database,
+    *,
+    project_id: str,
+    source_id: str,
+    holder_id: str,
+    provider: str,
+    subject: str,
+    now: int,
+    event: AuditEvent,
+) -> bool:
+    """The identity (provider, subject) belongs to `holder_id`, a user our
+    sign-up made that never signed in (no device, no login, no appProfile,
+    no other identity): nobody's account yet, so a link moves it to the
+    anonymous user `source_id` as if it had been made there, and the unused
+    user becomes a tombstone merged into it. False, with nothing written,
+    when the holder was used."""
+
+    def run(conn: sa.Connection) -> bool:
+        source = _still_anonymous(conn, project_id, source_id)
+        holder = _held(conn, project_id, holder_id)
+        if holder is None or holder.merged_into is not None or holder.app_profile:
+            return False
+        found = _identities(conn, project_id, holder_id)
+        if [(i.provider, i.subject) for i in found] != [(provider, subject)]:
+            return False
+        for table in (devices, logins):
+            used = conn.execute(
+                sa.select(sa.literal(1))
+                .select_from(table)
+                .where(table.c.project_id == project_id, table.c.user_id == holder_id)
+                .limit(1)
+            ).first()
+            if used is not None:
+                return False
+        conn.execute(
+            identities.update()
+            .where(
+                identities.c.project_id == project_id,
+                identities.c.provider == provider,
+                identities.c.subject == subject,
+            )
+            .values(user_id=source_id, linked_at=now)
+        )
+        conn.execute(
+            users.update()
+            .where(*_key(project_id, source_id))
+            .values(username=source.username or holder.username, updated_at=now)
+        )
+        conn.execute(
+            users.update()
+            .where(*_key(project_id, holder_id))
+            .values(merged_into=source_id, merged_at=now, valid_after=now, updated_at=now)
+        )
+        record(conn, event)
+        return True
+
+    return await database.write(run)
+
+
 def user_from_row_with(row: Any, provider: str, subject: str, external_id: str) -> User:
     """A users row as the identity (provider, subject) finds it."""
     view = User(
