@@ -16,7 +16,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, in_store, refused, start_stack
+from tests.fakes.webhook_receiver import WebhookReceiver, always
+from tests.harness import Stack, create_admin_key, in_store, refused, start_stack
 
 AUD = "https://api.upgrade-e2e.test"
 PROJECT = str(uuid.uuid4())  # anonymous + authZero + oidc
@@ -122,7 +123,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
             },
         ]
     }
-    stack = start_stack(tmp_path_factory.mktemp("upgrade-oidc"), config, db_url=db_url)
+    stack = start_stack(
+        tmp_path_factory.mktemp("upgrade-oidc"),
+        config,
+        db_url=db_url,
+        env={"IDENTIFY_WEBHOOK_POLL_SECONDS": "0.2"},
+    )
     w = World(stack, stack.client(), issuer, oidc_issuer)
     try:
         yield w
@@ -288,3 +294,46 @@ def test_oidc_identity_links_too(world: World) -> None:
         "anonymous",
         "oidc",
     ]
+
+
+def test_merge_is_a_signed_webhook_and_the_admin_api_shows_identities_and_tombstone(
+    world: World,
+) -> None:
+    receiver = WebhookReceiver(always(200))
+    try:
+        with world.stack.admin_client(create_admin_key(world.stack.db_url)) as admin:
+            made = admin.post(
+                f"/admin/v1/projects/{PROJECT}/webhooks",
+                json={"uri": receiver.url, "eventTypes": ["user.merged"]},
+            )
+            assert made.status_code == 200, made.text
+            secret = made.json()["secret"]
+            target_token = world.token()
+            world.profile(target_token)
+            anon = world.anonymous()
+            merged = world.upgrade("merge", anon["profileToken"], target_token)
+            assert merged.status_code == 200, merged.text
+            target_id = merged.json()["userId"]
+
+            (delivery,) = receiver.wait_for(1)
+            payload = delivery.verified(secret)
+            assert payload["type"] == "user.merged"
+            assert payload["data"]["userId"] == target_id
+            assert payload["data"]["data"]["sourceUserId"] == anon["userId"]
+            assert payload["data"]["data"]["targetUserId"] == target_id
+
+            target = admin.get(f"/admin/v1/projects/{PROJECT}/users/{target_id}").json()
+            assert sorted(i["provider"] for i in target["identities"]) == ["anonymous", "authZero"]
+            assert target.get("mergedInto", "") == ""
+            tomb = admin.get(f"/admin/v1/projects/{PROJECT}/users/{anon['userId']}").json()
+            assert tomb["mergedInto"] == target_id and tomb.get("identities", []) == []
+            assert "mergeTime" in tomb
+            # The anonymous device's externalId now finds the permanent user.
+            found = admin.get(
+                f"/admin/v1/projects/{PROJECT}/users:lookup",
+                params={"externalId": anon["externalId"]},
+            )
+            assert found.status_code == 200, found.text
+            assert found.json()["userId"] == target_id
+    finally:
+        receiver.stop()
