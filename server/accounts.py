@@ -66,13 +66,7 @@ class ScopedAccounts:
                 attributes=attributes or {},
                 username=username,
                 now=now(),
-                event=calls.event(
-                    USER_LINKED,
-                    self._project_id,
-                    provider=self._provider,
-                    user_id=upgrade.source_id,
-                    data={"externalId": self.external_id(subject)},
-                ),
+                event=self._linked(upgrade, externalId=self.external_id(subject)),
             )
             upgrade.user_id = user.user_id
             return user, True
@@ -129,12 +123,8 @@ class ScopedAccounts:
             provider=self._provider,
             subject=subject,
             now=now(),
-            event=calls.event(
-                USER_LINKED,
-                self._project_id,
-                provider=self._provider,
-                user_id=upgrade.source_id,
-                data={"externalId": held_by.external_id, "unusedUserId": held_by.user_id},
+            event=self._linked(
+                upgrade, externalId=held_by.external_id, unusedUserId=held_by.user_id
             ),
         )
         user = await repo.find_user(
@@ -143,6 +133,15 @@ class ScopedAccounts:
         if not adopted or user is None or user.user_id != upgrade.source_id:
             raise links.already_linked(held_by.user_id, self._provider)
         return user
+
+    def _linked(self, upgrade: Upgrade, **data: str) -> AuditEvent:
+        return calls.event(
+            USER_LINKED,
+            self._project_id,
+            provider=self._provider,
+            user_id=upgrade.source_id,
+            data=data,
+        )
 
     async def _merge(self, upgrade: Upgrade, *, into: User) -> User:
         def event(moved_devices: int, moved_logins: int) -> AuditEvent:

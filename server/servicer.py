@@ -261,6 +261,15 @@ LOGOUT: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
 )
 
 
+def _upgrade_fields(m: pb.LinkIdentityRequest | pb.MergeUsersRequest) -> Fields:
+    return {
+        "data": _struct_to_dict(m.data),
+        "user_id": id_arg(m.user_id, "userId"),
+        "access_token": bounded_token(m.access_token, "accessToken"),
+        "device_id": bounded_id(m.device_id, "deviceId"),
+    }
+
+
 def _anonymous_token(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(
@@ -455,20 +464,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
     # ------------------------------------------------------------ plumbing
     async def _serve(self, context: Ctx, request: M, route: Route[M, T, R]) -> R:
         async def work() -> R:
-            calls.note_caller(_client_ip(context), _named_device(request))
-            loaded, instance, strategy = await self._resolve(
-                request.project_id, request.provider, request.strategy
-            )
-            bearer, client_ip = _caller(context)
-            req = Request(
-                project=loaded.project,
-                provider=request.provider,
-                strategy=strategy,
-                bearer=bearer,
-                request_id=request_id(),
-                client_ip=client_ip,
-                **route.fields(request),
-            )
+            loaded, instance, req = await self._request(context, request, route.fields)
             token = req.data.pop("anonymousToken", None) if route is LOGIN else None
             if token is not None:
                 # A login that also upgrades the anonymous user (sign-up,
@@ -497,24 +493,8 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         policy: str,
     ) -> pb.UpgradeReply:
         async def work() -> pb.UpgradeReply:
-            calls.note_caller(_client_ip(context), _named_device(request))
-            loaded, instance, strategy = await self._resolve(
-                request.project_id, request.provider, request.strategy
-            )
+            loaded, instance, req = await self._request(context, request, _upgrade_fields)
             chosen = policy_arg(policy)
-            bearer, client_ip = _caller(context)
-            req = Request(
-                project=loaded.project,
-                provider=request.provider,
-                strategy=strategy,
-                bearer=bearer,
-                request_id=request_id(),
-                client_ip=client_ip,
-                data=_struct_to_dict(request.data),
-                user_id=id_arg(request.user_id, "userId"),
-                access_token=bounded_token(request.access_token, "accessToken"),
-                device_id=bounded_id(request.device_id, "deviceId"),
-            )
             upgrade = await self._upgrades.plan(
                 project_id=loaded.project.id,
                 mode=mode,
@@ -531,6 +511,27 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             return reply
 
         return await self._run(context, work)
+
+    async def _request(
+        self, context: Ctx, request: M, fields: Callable[[M], Fields]
+    ) -> tuple[LoadedProject, Provider[Any], Request]:
+        """The common fields checked, the project and provider resolved, and
+        the provider's Request built from the RPC's own `fields`."""
+        calls.note_caller(_client_ip(context), _named_device(request))
+        loaded, instance, strategy = await self._resolve(
+            request.project_id, request.provider, request.strategy
+        )
+        bearer, client_ip = _caller(context)
+        req = Request(
+            project=loaded.project,
+            provider=request.provider,
+            strategy=strategy,
+            bearer=bearer,
+            request_id=request_id(),
+            client_ip=client_ip,
+            **fields(request),
+        )
+        return loaded, instance, req
 
     async def _run(self, context: Ctx, work: Callable[[], Awaitable[R]]) -> R:
         try:

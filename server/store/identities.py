@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from providers.values import AlreadyExists, FailedPrecondition, Identity, NotFound, User
 from server.events.audit import AuditEvent, record
 from server.store.db import Database
-from server.store.repo import IDENTITIES, identity_from_row, insert_for, with_row
+from server.store.repo import IDENTITIES, identity_from_row, insert_identity, with_row
 from server.store.schema import devices, identities, logins, users
 
 ANONYMOUS = "anonymous"
@@ -121,19 +121,16 @@ async def link_identity(
 
     def run(conn: sa.Connection) -> User:
         row = _still_anonymous(conn, project_id, source_id)
-        inserted = conn.execute(
-            insert_for(conn, identities)
-            .values(
-                project_id=project_id,
-                provider=provider,
-                subject=subject,
-                user_id=source_id,
-                external_id=external_id,
-                attributes=dict(attributes),
-                linked_at=now,
-            )
-            .on_conflict_do_nothing()
-        ).rowcount
+        inserted = insert_identity(
+            conn,
+            project_id=project_id,
+            provider=provider,
+            subject=subject,
+            user_id=source_id,
+            external_id=external_id,
+            attributes=attributes,
+            now=now,
+        )
         if not inserted:
             owner = conn.execute(
                 sa.select(identities.c.user_id).where(

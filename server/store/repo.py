@@ -280,6 +280,38 @@ async def find_user(
     return await database.read(run)
 
 
+def insert_identity(
+    conn: sa.Connection,
+    *,
+    project_id: str,
+    provider: str,
+    subject: str,
+    user_id: str,
+    external_id: str,
+    attributes: Mapping[str, Any],
+    now: int,
+) -> bool:
+    """Insert-or-nothing of one identity; False when it is someone's already."""
+    inserted = conn.execute(
+        insert_for(conn, identities)
+        .values(
+            project_id=project_id,
+            provider=provider,
+            subject=subject,
+            user_id=user_id,
+            external_id=external_id,
+            attributes=dict(attributes),
+            linked_at=now,
+        )
+        # Any unique key: racing inserts of one subject collide on the
+        # primary key and on external_id (derived from the subject) alike.
+        # PostgreSQL raises on a conflict in an index other than a named
+        # arbiter, so none is named.
+        .on_conflict_do_nothing()
+    ).rowcount
+    return bool(inserted)
+
+
 async def ensure_user(
     database: Database,
     *,
@@ -301,23 +333,16 @@ async def ensure_user(
     params = {"project_id": project_id, "provider": provider, "value": subject}
 
     def run(conn: sa.Connection) -> tuple[User, bool]:
-        inserted = conn.execute(
-            insert_for(conn, identities)
-            .values(
-                project_id=project_id,
-                provider=provider,
-                subject=subject,
-                user_id=user_id,
-                external_id=external_id,
-                attributes=dict(attributes),
-                linked_at=now,
-            )
-            # Any unique key: racing inserts of one subject collide on the
-            # primary key and on external_id (derived from the subject)
-            # alike. PostgreSQL raises on a conflict in an index other than a
-            # named arbiter, so none is named.
-            .on_conflict_do_nothing()
-        ).rowcount
+        inserted = insert_identity(
+            conn,
+            project_id=project_id,
+            provider=provider,
+            subject=subject,
+            user_id=user_id,
+            external_id=external_id,
+            attributes=attributes,
+            now=now,
+        )
         if inserted:
             conn.execute(
                 users.insert().values(
