@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +45,27 @@ MAX_METADATA_BYTES = 64 * 1024
 # Credential failures untouched this long are gone for every project's policy
 # (the longest `resetAfterSeconds` allowed), so the table cannot grow forever.
 STALE_FAILURES_SECONDS = 30 * 86400
+
+
+PURGE_SECONDS = 600.0
+
+
+def purge_interval(env: Mapping[str, str]) -> float:
+    """IDENTIFY_PURGE_SECONDS: how often each process runs the purges
+    (expired tokens, deleted projects, stale anonymous users, audit events
+    past retention); the default suits production, tests shorten it."""
+    raw = env.get("IDENTIFY_PURGE_SECONDS", "")
+    if not raw:
+        return PURGE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if not 0 < value <= 86400:
+        raise ValueError(
+            "IDENTIFY_PURGE_SECONDS must be a number of seconds, above 0 and at most 86400"
+        )
+    return value
 
 
 class ListenError(OSError):
@@ -90,11 +113,12 @@ class Service:
         self.lockout = Lockout(database)
         # Delivers the audit trail to webhooks; the env may tune it (tests).
         self.relay = Relay(database, RelaySettings.from_env())
+        self._purge_every = purge_interval(os.environ)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._housekeeping: list[asyncio.Task[None]] = []
 
-    async def _purge_expired(self, every: float = 600.0) -> None:
+    async def _purge_expired(self, every: float) -> None:
         # Every process does it; the DELETE is idempotent and cheap.
         while True:
             await asyncio.sleep(every)
@@ -206,7 +230,7 @@ class Service:
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._housekeeping = [
-            asyncio.create_task(self._purge_expired(), name="purge-expired"),
+            asyncio.create_task(self._purge_expired(self._purge_every), name="purge-expired"),
             asyncio.create_task(self.keys.refresh_forever(), name="key-refresh"),
             asyncio.create_task(self.relay.run_forever(), name="webhook-relay"),
         ]

@@ -17,6 +17,7 @@ import contextlib
 import json
 import pathlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -481,3 +482,47 @@ def test_the_command_line_flag(world: World) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["anonymousRetentionDays"] == 21
+
+
+def test_the_background_job_purges_on_its_own(tmp_path: pathlib.Path) -> None:
+    # Its own database: the job purges every project of the one it runs on.
+    project = str(uuid.uuid4())
+    config = {
+        "projects": [
+            {
+                "id": project,
+                "name": "job",
+                "providers": ANONYMOUS,
+                "anonymousRetentionDays": 30,
+            }
+        ]
+    }
+    stack = start_stack(tmp_path, config, env={"IDENTIFY_PURGE_SECONDS": "0.5"})
+    try:
+        with stack.client() as public:
+            world = World(stack, public, public)
+            stale, fresh = sign_up(world, project), sign_up(world, project)
+            age(stack.db_url, project, stale, days=31)
+            deadline = time.monotonic() + 20
+            while rows_of(stack.db_url, project, stale)["users"]:
+                assert time.monotonic() < deadline, "the job did not purge the stale user"
+                time.sleep(0.2)
+            assert rows_of(stack.db_url, project, fresh)["users"] == 1
+            assert [e.user_id for e in purged_events(stack.db_url, project)] == [stale]
+    finally:
+        assert stack.stop() == 0, stack.log_text()
+
+
+def test_a_bad_purge_interval_stops_the_start(tmp_path: pathlib.Path) -> None:
+    config = {"projects": [{"id": str(uuid.uuid4()), "providers": ANONYMOUS}]}
+    (tmp_path / "identify.yaml").write_text(yaml.safe_dump(config))
+    done = identify_cli(
+        "serve",
+        "--config",
+        str(tmp_path / "identify.yaml"),
+        "--db",
+        f"sqlite:///{tmp_path / 'identify.db'}",
+        env={"IDENTIFY_PURGE_SECONDS": "soon"},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "IDENTIFY_PURGE_SECONDS" in done.stdout + done.stderr
