@@ -469,3 +469,18 @@ def scrape(stack: Stack) -> Scrape:
     assert reply.status_code == 200, reply.text
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
     return Scrape(reply.text)
+
+
+def from_now(seconds: int) -> tuple[str, int]:
+    """A claim time `seconds` from when the test runs, for parametrize lists:
+    a time taken at collection can have passed by the time a long run gets
+    to the test. `at_run_time` turns it into Unix seconds."""
+    return ("now", seconds)
+
+
+def at_run_time(claims: Mapping[str, Any]) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        k: now + v[1] if isinstance(v, tuple) and v[:1] == ("now",) else v
+        for k, v in claims.items()
+    }

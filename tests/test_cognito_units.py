@@ -44,7 +44,7 @@ from providers.cognito.profile import attributes_of, email_of, writable_attribut
 from providers.cognito.provider import AccessClaims, CognitoProvider
 from providers.cognito.settings import CognitoSettings
 from providers.kit.tokens import MAX_TOKEN_CHARS
-from tests.harness import free_port
+from tests.harness import at_run_time, free_port, from_now
 
 REGION = "us-east-1"
 POOL = "us-east-1_AbC123"
@@ -404,9 +404,9 @@ def test_verifier_accepts_a_token_of_this_pool_and_client(moto_url: str) -> None
         ({"client_id": None, "aud": CLIENT}, "WRONG_AUDIENCE"),
         ({"token_use": "id"}, "WRONG_TOKEN_TYPE"),
         ({"token_use": None}, "WRONG_TOKEN_TYPE"),
-        ({"exp": int(time.time()) - 120}, "TOKEN_EXPIRED"),
-        ({"iat": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
-        ({"nbf": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
+        ({"exp": from_now(-120)}, "TOKEN_EXPIRED"),
+        ({"iat": from_now(600)}, "TOKEN_NOT_YET_VALID"),
+        ({"nbf": from_now(600)}, "TOKEN_NOT_YET_VALID"),
         ({"iat": None}, "MISSING_CLAIM"),
         ({"exp": None}, "MISSING_CLAIM"),
         ({"username": None}, "MISSING_CLAIM"),
@@ -416,7 +416,7 @@ def test_verifier_accepts_a_token_of_this_pool_and_client(moto_url: str) -> None
 def test_verifier_checks_more_than_the_signature(
     moto_url: str, claims: dict[str, Any], reason: str
 ) -> None:
-    assert refusal(moto_url, forge(claims)) == reason
+    assert refusal(moto_url, forge(at_run_time(claims))) == reason
 
 
 @pytest.mark.parametrize("claim", ["iat", "exp", "username"])

@@ -16,6 +16,7 @@ from providers.kit.settings import SettingsReader
 from providers.kit.tokens import refuse_if_revoked
 from providers.values import Unauthenticated, Unavailable, User
 from tests.fakes.oidc_issuer import FakeIssuer, SigningKey
+from tests.harness import at_run_time, from_now
 
 T = TypeVar("T")
 AUD = "https://api.example.test"
@@ -100,9 +101,9 @@ def test_es256_key_verifies_when_allowed(issuer: FakeIssuer) -> None:
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
-        ({"exp": int(time.time()) - 120}, "TOKEN_EXPIRED"),
-        ({"nbf": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
-        ({"iat": int(time.time()) + 600}, "TOKEN_NOT_YET_VALID"),
+        ({"exp": from_now(-120)}, "TOKEN_EXPIRED"),
+        ({"nbf": from_now(600)}, "TOKEN_NOT_YET_VALID"),
+        ({"iat": from_now(600)}, "TOKEN_NOT_YET_VALID"),
         ({"aud": "https://someone-else.test"}, "WRONG_AUDIENCE"),
         ({"aud": None}, "WRONG_AUDIENCE"),
         ({"iss": "https://impostor.test/"}, "WRONG_ISSUER"),
@@ -116,6 +117,7 @@ def test_es256_key_verifies_when_allowed(issuer: FakeIssuer) -> None:
 def test_each_bad_claim_has_its_reason(
     issuer: FakeIssuer, claims: dict[str, Any], reason: str
 ) -> None:
+    claims = at_run_time(claims)
     sub = claims.pop("sub", "auth0|bob")
     aud = claims.pop("aud", AUD)
     token = issuer.mint(sub=sub, aud=aud, **claims)
