@@ -17,6 +17,7 @@ from server.keys import KeyStore
 from server.store import identities as links
 from server.store import repo
 from server.store.db import Database
+from server.store.hot import HotRows
 from server.store.schema import issued_tokens, revoked_tokens
 from server.upgrade import LINK, Upgrade, upgrade_var
 
@@ -32,12 +33,15 @@ class ScopedAccounts:
         provider: str,
         secret: str,
         keys: KeyStore,
+        hot: HotRows | None = None,
     ) -> None:
         self._database = database
         self._project_id = project_id
         self._provider = provider
         self._secret = secret
         self._keys = keys
+        # Shared by every project's accounts in this process (server/store/hot.py).
+        self._hot = hot or HotRows(0)
 
     def external_id(self, subject: str) -> str:
         return tokens.external_id(self._secret, self._provider, subject)
@@ -68,6 +72,7 @@ class ScopedAccounts:
                 now=now(),
                 event=self._linked(upgrade, externalId=self.external_id(subject)),
             )
+            self._wrote(user.user_id)
             upgrade.user_id = user.user_id
             return user, True
         return await repo.ensure_user(
@@ -84,12 +89,15 @@ class ScopedAccounts:
         )
 
     async def find_user(self, subject: str) -> User | None:
+        upgrade = self._upgrade()
+        if upgrade is None:
+            return await self._find("subject", subject)
+        # An upgrade decides on what the store holds now, never on a copy.
         user = await repo.find_user(
             self._database, self._project_id, "subject", subject, provider=self._provider
         )
-        upgrade = self._upgrade()
-        if user is None or upgrade is None:
-            return user
+        if user is None:
+            return None
         if user.user_id != upgrade.source_id:
             if upgrade.mode == LINK:
                 user = await self._adopt(upgrade, subject, held_by=user)
@@ -127,6 +135,8 @@ class ScopedAccounts:
                 upgrade, externalId=held_by.external_id, unusedUserId=held_by.user_id
             ),
         )
+        self._wrote(held_by.user_id)
+        self._wrote(upgrade.source_id)
         user = await repo.find_user(
             self._database, self._project_id, "subject", subject, provider=self._provider
         )
@@ -170,13 +180,29 @@ class ScopedAccounts:
             ),
             event=event,
         )
+        self._wrote(upgrade.source_id)
+        self._wrote(into.user_id)
         upgrade.merged = merged
         return merged.user
 
     async def find_by_external_id(self, external_id: str) -> User | None:
-        return await repo.find_user(
-            self._database, self._project_id, "external_id", external_id, provider=self._provider
+        return await self._find("external_id", external_id)
+
+    async def _find(self, column: str, value: str) -> User | None:
+        key = (self._project_id, self._provider, column, value)
+        cached: User | None = self._hot.get(key)
+        if cached is not None:
+            return cached
+        stamp = self._hot.begin()
+        user = await repo.find_user(
+            self._database, self._project_id, column, value, provider=self._provider
         )
+        if user is not None:
+            self._hot.put(key, (self._project_id, user.user_id), stamp, user)
+        return user
+
+    def _wrote(self, user_id: str) -> None:
+        self._hot.written(self._project_id, user_id)
 
     async def find_by_user_id(self, user_id: str) -> User | None:
         return await repo.find_user(
@@ -186,7 +212,7 @@ class ScopedAccounts:
     async def record_login(self, user: User, device_id: str) -> Device:
         self._own(user)
         at = now()
-        return await repo.record_login(
+        device = await repo.record_login(
             self._database,
             project_id=self._project_id,
             user_id=user.user_id,
@@ -201,6 +227,8 @@ class ScopedAccounts:
                 device_id=device_id,
             ),
         )
+        self._wrote(user.user_id)
+        return device
 
     async def sign_in(
         self, user: User, *, device_id: str | None, upstream: UpstreamTokens | None = None
@@ -228,7 +256,12 @@ class ScopedAccounts:
 
     async def profile(self, user: User) -> ProfileView:
         self._own(user)
-        rows = await repo.profile_rows(self._database, self._project_id, user.user_id)
+        key = (self._project_id, "profile", user.user_id)
+        rows: repo.ProfileRows | None = self._hot.get(key)
+        if rows is None:
+            stamp = self._hot.begin()
+            rows = await repo.profile_rows(self._database, self._project_id, user.user_id)
+            self._hot.put(key, (self._project_id, user.user_id), stamp, rows)
         return ProfileView(
             user=user,
             devices=rows.devices,
@@ -271,6 +304,7 @@ class ScopedAccounts:
                 at,
                 event=self._updated(user, {"attributes": attributes}),
             )
+        self._wrote(user.user_id)
         if updated is None:
             raise LookupError("user vanished during update")
         return updated
@@ -289,6 +323,7 @@ class ScopedAccounts:
                 user_id=user.user_id,
             ),
         )
+        self._wrote(user.user_id)
         if updated is None:
             raise LookupError("user vanished during revocation")
         return updated

@@ -38,6 +38,8 @@ from server.projects import LoadedProject, ProjectCache
 from server.servicer import IdentifyServicer
 from server.store import repo, retention
 from server.store.db import Database
+from server.store.hot import HotRows
+from server.store.hot import ttl_from as hot_ttl
 
 log = logging.getLogger(__name__)
 SERVICE = identify_pb2.DESCRIPTOR.services_by_name["Identify"].full_name
@@ -114,6 +116,7 @@ class Service:
         # Delivers the audit trail to webhooks; the env may tune it (tests).
         self.relay = Relay(database, RelaySettings.from_env())
         self._purge_every = purge_interval(os.environ)
+        self.hot = HotRows(hot_ttl(os.environ))
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._housekeeping: list[asyncio.Task[None]] = []
@@ -163,6 +166,7 @@ class Service:
             provider=provider,
             secret=loaded.secret,
             keys=self.keys,
+            hot=self.hot,
         )
         project_id = loaded.project.id
 
@@ -202,12 +206,13 @@ class Service:
             ],
         )
         identify_pb2_grpc.add_IdentifyServicer_to_server(
-            IdentifyServicer(self.registry, self.projects, self.keys, self.database), server
+            IdentifyServicer(self.registry, self.projects, self.keys, self.database, self.hot),
+            server,
         )
         # On the same ports; the edge routes it only from its admin listener,
         # and reflection (reachable through the public edge) leaves it out.
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.database, self.registry, self.projects), server
+            AdminServicer(self.database, self.registry, self.projects, self.hot), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -42,6 +42,7 @@ from server.requestctx import call_var, request_id
 from server.store import identities as store_links
 from server.store import repo
 from server.store.db import Database
+from server.store.hot import HotRows
 from server.upgrade import LINK, MERGE, Upgrade, Upgrades, policy_arg, upgrade_var
 
 R = TypeVar("R")
@@ -305,12 +306,18 @@ def _not_valid(reason: str) -> pb.VerifySignatureReply:
 
 class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
     def __init__(
-        self, registry: Registry, projects: ProjectCache, keys: KeyStore, database: Database
+        self,
+        registry: Registry,
+        projects: ProjectCache,
+        keys: KeyStore,
+        database: Database,
+        hot: HotRows | None = None,
     ) -> None:
         self._registry = registry
         self._projects = projects
         self._keys = keys
         self._database = database
+        self._hot = hot or HotRows(0)
         self._upgrades = Upgrades(database, keys)
         self._detached = Detached()
 
@@ -395,6 +402,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                     data={"externalId": gone.external_id},
                 ),
             )
+            self._hot.written(loaded.project.id, user_id)
             out = pb.UpgradeReply(result=1, message="identity unlinked", user_id=user_id)
             out.linked_identities.extend(
                 pb.LinkedIdentity(

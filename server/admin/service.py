@@ -42,6 +42,7 @@ from server.keys import rotate_signing_key
 from server.projects import ProjectCache
 from server.requestctx import call_var, request_id
 from server.store.db import Database
+from server.store.hot import HotRows
 from server.tokens import PROFILE_TOKEN_TTL, RETIRED_KEY_GRACE
 
 R = TypeVar("R")
@@ -329,10 +330,19 @@ def _event_time(value: str) -> str:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, database: Database, registry: Registry, projects: ProjectCache) -> None:
+    def __init__(
+        self,
+        database: Database,
+        registry: Registry,
+        projects: ProjectCache,
+        hot: HotRows | None = None,
+    ) -> None:
         self._database = database
         self._registry = registry
         self._projects = projects
+        # This process's copies of hot users' rows: dropped for a user we
+        # change (other processes see the change within their ttl).
+        self._hot = hot or HotRows(0)
         self._detached = Detached()
 
     # ------------------------------------------------------------ plumbing
@@ -684,6 +694,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     upstreamDeleted=request.delete_upstream,
                 ),
             )
+            self._hot.written(user.project_id, user.user_id)
             if not erased:
                 raise _not_found("USER_NOT_FOUND", "user", request.name)
             return empty_pb2.Empty()
@@ -753,6 +764,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     user.project_id, types.USER_SESSIONS_REVOKED, user_id=user.user_id
                 ),
             )
+            self._hot.written(user.project_id, user.user_id)
             if revoked is None:
                 raise _not_found("USER_NOT_FOUND", "user", request.name)
             return user_message(revoked)
@@ -824,6 +836,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                     client_ip=caller.client_ip,
                 ),
             )
+            self._hot.written(user.project_id, user.user_id)
             if not signed_out:
                 raise _not_found("DEVICE_NOT_FOUND", "signed-in device", request.name)
             return empty_pb2.Empty()

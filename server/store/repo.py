@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from providers.values import Device, Identity, User
 from server.events.audit import AuditEvent, record
-from server.store.db import Database
+from server.store.db import Database, HotQuery
 from server.store.schema import (
     credential_failures,
     devices,
@@ -228,6 +228,7 @@ def _user_by(column: str) -> sa.Select[Any]:
 
 
 _FIND_USER = {column: _user_by(column) for column in ("subject", "external_id", "user_id")}
+_HOT_FIND_USER = {column: HotQuery(query) for column, query in _FIND_USER.items()}
 USER_ROW = sa.select(users).where(
     users.c.project_id == P("project_id"), users.c.user_id == P("user_id")
 )
@@ -249,6 +250,7 @@ _VALID_AFTER = (
     )
     .where(users.c.project_id == P("project_id"), users.c.user_id == P("user_id"))
 )
+_HOT_VALID_AFTER = HotQuery(_VALID_AFTER)
 
 
 async def session_valid_after(
@@ -258,26 +260,19 @@ async def session_valid_after(
     never), or None when the project has no such user. One primary-key read,
     whatever the provider."""
     params = {"project_id": project_id, "user_id": user_id, "device_id": device_id}
-
-    def run(conn: sa.Connection) -> int | None:
-        row = conn.execute(_VALID_AFTER, params).first()
-        if row is None:
-            return None
-        return max(int(row.valid_after), int(row.device_valid_after or 0))
-
-    return await database.read(run)
+    (rows,) = await database.fetch((_HOT_VALID_AFTER, params))
+    if not rows:
+        return None
+    row = rows[0]
+    return max(int(row.valid_after), int(row.device_valid_after or 0))
 
 
 async def find_user(
     database: Database, project_id: str, column: str, value: str, provider: str
 ) -> User | None:
     params = {"project_id": project_id, "provider": provider, "value": value}
-
-    def run(conn: sa.Connection) -> User | None:
-        row = conn.execute(_FIND_USER[column], params).first()
-        return user_from_row(row) if row else None
-
-    return await database.read(run)
+    (rows,) = await database.fetch((_HOT_FIND_USER[column], params))
+    return user_from_row(rows[0]) if rows else None
 
 
 def insert_identity(
@@ -552,18 +547,21 @@ class ProfileRows:
 
 
 async def profile_rows(database: Database, project_id: str, user_id: str) -> ProfileRows:
+    """One connection, three index range scans."""
     key = {"project_id": project_id, "user_id": user_id}
+    found, history, linked = await database.fetch(
+        (_HOT_DEVICES, key), (_HOT_HISTORY, key), (_HOT_IDENTITIES, key)
+    )
+    return ProfileRows(
+        [Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature) for r in found],
+        sorted(int(r.at) for r in history),
+        [identity_from_row(r) for r in linked],
+    )
 
-    def run(conn: sa.Connection) -> ProfileRows:
-        found = [
-            Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature)
-            for r in conn.execute(_DEVICES, key)
-        ]
-        history = sorted(conn.execute(_HISTORY, key).scalars())
-        linked = [identity_from_row(r) for r in conn.execute(IDENTITIES, key)]
-        return ProfileRows(found, history, linked)
 
-    return await database.read(run)
+_HOT_DEVICES, _HOT_HISTORY, _HOT_IDENTITIES = (
+    HotQuery(q) for q in (_DEVICES, _HISTORY, IDENTITIES)
+)
 
 
 # ------------------------------------------------- revoked and issued tokens
@@ -575,7 +573,7 @@ def _has_hash(table: sa.Table) -> sa.Select[Any]:
     )
 
 
-_HAS_HASH = {table.name: _has_hash(table) for table in (revoked_tokens, issued_tokens)}
+_HAS_HASH = {table.name: HotQuery(_has_hash(table)) for table in (revoked_tokens, issued_tokens)}
 
 
 async def add_token_hash(
@@ -595,11 +593,8 @@ async def has_token_hash(
     database: Database, table: sa.Table, project_id: str, token_hash: str, now: int
 ) -> bool:
     params = {"project_id": project_id, "token_hash": token_hash, "now": now}
-
-    def run(conn: sa.Connection) -> bool:
-        return conn.execute(_HAS_HASH[table.name], params).first() is not None
-
-    return await database.read(run)
+    (rows,) = await database.fetch((_HAS_HASH[table.name], params))
+    return bool(rows)
 
 
 async def purge_expired_tokens(database: Database, now: int) -> int:

@@ -1,0 +1,82 @@
+"""server/store/hot.py: what is served, for how long, and what a write drops."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.store.hot import HotRows, ttl_from
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ALICE = ("p", "alice")
+
+
+def test_an_entry_is_served_until_its_ttl_then_read_again() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    hot.put("k", ALICE, hot.begin(), "rows")
+    clock.now += 0.9
+    assert hot.get("k") == "rows"
+    clock.now += 0.2
+    assert hot.get("k") is None
+
+
+def test_a_write_drops_what_was_read_before_it() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    hot.put("k", ALICE, hot.begin(), "old")
+    clock.now += 0.1
+    hot.written("p", "alice")
+    assert hot.get("k") is None
+    # Another user's entries stay.
+    hot.put("b", ("p", "bob"), hot.begin(), "bob's")
+    hot.written("p", "alice")
+    assert hot.get("b") == "bob's"
+
+
+def test_a_read_that_began_before_a_write_is_not_kept() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    stamp = hot.begin()  # the read starts, sees the old rows...
+    clock.now += 0.01
+    hot.written("p", "alice")  # ...a write commits meanwhile...
+    clock.now += 0.01
+    hot.put("k", ALICE, stamp, "old")  # ...and the read ends: not kept
+    assert hot.get("k") is None
+    later = hot.begin()
+    hot.put("k", ALICE, later, "new")
+    assert hot.get("k") == "new"
+
+
+def test_entries_are_bounded_least_recently_used_first() -> None:
+    hot = HotRows(60.0, max_entries=3, clock=Clock())
+    for key in "abc":
+        hot.put(key, ALICE, hot.begin(), key)
+    assert hot.get("a") == "a"  # a is now the most recent
+    hot.put("d", ALICE, hot.begin(), "d")
+    assert len(hot) == 3
+    assert hot.get("b") is None and hot.get("a") == "a" and hot.get("d") == "d"
+
+
+def test_off_keeps_nothing() -> None:
+    hot = HotRows(0)
+    hot.put("k", ALICE, hot.begin(), "rows")
+    assert not hot.on and hot.get("k") is None and len(hot) == 0
+
+
+@pytest.mark.parametrize(("raw", "ttl"), [("", 1.0), ("0", 0.0), ("2.5", 2.5)])
+def test_the_setting(raw: str, ttl: float) -> None:
+    assert ttl_from({"IDENTIFY_HOT_CACHE_SECONDS": raw}) == ttl
+
+
+@pytest.mark.parametrize("raw", ["-1", "61", "soon"])
+def test_bad_settings_are_refused_by_name(raw: str) -> None:
+    with pytest.raises(ValueError, match="IDENTIFY_HOT_CACHE_SECONDS"):
+        ttl_from({"IDENTIFY_HOT_CACHE_SECONDS": raw})

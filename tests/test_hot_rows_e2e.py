@@ -1,0 +1,95 @@
+"""Hot users' rows (server/store/hot.py) across server processes, through the
+edge: a revocation or an update made through one process is honoured by every
+other within the stated bound (IDENTIFY_HOT_CACHE_SECONDS)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.fakes.oidc_issuer import FakeIssuer
+from tests.harness import Stack, create_admin_key, error_reason, start_stack
+
+AUD = "https://api.hot-rows.test"
+PROJECT = str(uuid.uuid4())
+BOUND = 1.0
+READS = 20
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[FakeIssuer]:
+    fake = FakeIssuer()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, db_url: str, issuer: FakeIssuer
+) -> Iterator[Stack]:
+    verifier = {"issuer": issuer.issuer, "jwksUri": issuer.jwks_url, "audience": AUD}
+    config = {"projects": [{"id": PROJECT, "name": "hot", "providers": {"authZero": verifier}}]}
+    s = start_stack(
+        tmp_path_factory.mktemp("hot"),
+        config,
+        db_url=db_url,
+        workers=2,
+        env={"IDENTIFY_HOT_CACHE_SECONDS": str(BOUND)},
+    )
+    yield s
+    assert s.stop() == 0, s.log_text()
+
+
+def reads(http: httpx.Client, token: str) -> list[httpx.Response]:
+    # New connections, so Envoy spreads them over both processes.
+    out = []
+    for _ in range(READS):
+        with httpx.Client(base_url=str(http.base_url), timeout=10) as fresh:
+            out.append(
+                fresh.get(
+                    "/v1/user",
+                    params={"projectId": PROJECT, "provider": "authZero"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
+    return out
+
+
+def test_a_revocation_through_one_process_binds_every_other_within_the_bound(
+    stack: Stack, issuer: FakeIssuer
+) -> None:
+    token = issuer.mint(sub=f"auth0|{uuid.uuid4().hex}", aud=AUD)
+    with stack.client() as http:
+        # Every process reads (and keeps) the user.
+        assert {r.status_code for r in reads(http, token)} == {200}
+        user_id = None
+        with stack.admin_client(create_admin_key(stack.db_url)) as admin:
+            listed = admin.get(f"/admin/v1/projects/{PROJECT}/users").json()["users"]
+            (user_id,) = [u["userId"] for u in listed]
+            # A token of the same second as the revocation stays valid (the
+            # rule of every logout); one issued before is refused.
+            time.sleep(1.1)
+            revoked = admin.post(f"/admin/v1/projects/{PROJECT}/users/{user_id}:revokeSessions")
+            assert revoked.status_code == 200, revoked.text
+        time.sleep(BOUND + 0.2)
+        after = reads(http, token)
+        assert {r.status_code for r in after} == {401}
+        assert {error_reason(r.json()) for r in after} == {"TOKEN_REVOKED"}
+
+
+def test_an_update_through_one_process_is_read_by_every_other_within_the_bound(
+    stack: Stack, issuer: FakeIssuer
+) -> None:
+    token = issuer.mint(sub=f"auth0|{uuid.uuid4().hex}", aud=AUD)
+    with stack.client() as http:
+        assert {r.status_code for r in reads(http, token)} == {200}
+        body = {"projectId": PROJECT, "provider": "authZero", "data": {"appProfile": {"v": 2}}}
+        put = http.put("/v1/user", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert put.status_code == 200, put.text
+        time.sleep(BOUND + 0.2)
+        seen = {str(r.json()["data"]["appProfile"]) for r in reads(http, token)}
+        assert seen == {"{'v': 2}"}
