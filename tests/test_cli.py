@@ -184,6 +184,12 @@ def test_database_url_forms() -> None:
     pg = DatabaseUrl.parse("postgresql://u:pw@h:5432/d")
     assert pg.driver_url == "postgresql+asyncpg://u:pw@h:5432/d"
     assert "pw" not in pg.redacted()
+    assert not pg.pgbouncer and pg.asyncpg_dsn() == "postgresql://u:pw@h:5432/d"
+    bouncer = DatabaseUrl.parse("postgresql://u@h:6432/d?pgbouncer=true&sslmode=require")
+    assert bouncer.pgbouncer
+    assert bouncer.driver_url == "postgresql+asyncpg://u@h:6432/d?sslmode=require"
+    with pytest.raises(ValueError, match="pgbouncer"):
+        DatabaseUrl.parse("postgresql://u@h/d?pgbouncer=yes")
     with pytest.raises(ValueError):
         DatabaseUrl.parse("nonsense")
 

@@ -33,6 +33,9 @@ def stack(
 ) -> Iterator[Stack]:
     verifier = {"issuer": issuer.issuer, "jwksUri": issuer.jwks_url, "audience": AUD}
     config = {"projects": [{"id": PROJECT, "name": "hot", "providers": {"authZero": verifier}}]}
+    if db_url.startswith("postgresql"):
+        # As behind PgBouncer: nothing prepared, on both pools.
+        db_url += "?pgbouncer=true"
     s = start_stack(
         tmp_path_factory.mktemp("hot"),
         config,
