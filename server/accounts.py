@@ -17,7 +17,7 @@ from server.keys import KeyStore
 from server.store import identities as links
 from server.store import repo
 from server.store.db import Database
-from server.store.hot import HotRows
+from server.store.hot import HotRows, activity
 from server.store.schema import issued_tokens, revoked_tokens
 from server.upgrade import LINK, Upgrade, upgrade_var
 
@@ -108,7 +108,13 @@ class ScopedAccounts:
 
     async def identities(self, user: User) -> list[Identity]:
         self._own(user)
-        return await links.identities_of(self._database, self._project_id, user.user_id)
+        key = (self._project_id, "identities", user.user_id)
+        cached: list[Identity] | None = self._hot.get(key)
+        if cached is None:
+            stamp = self._hot.begin()
+            cached = await links.identities_of(self._database, self._project_id, user.user_id)
+            self._hot.put(key, (self._project_id, user.user_id), stamp, cached)
+        return list(cached)
 
     def _upgrade(self) -> Upgrade | None:
         """The upgrade this call is (server/upgrade.py), if it is one and it
@@ -227,7 +233,8 @@ class ScopedAccounts:
                 device_id=device_id,
             ),
         )
-        self._wrote(user.user_id)
+        # Devices and logins only: the user and its identities are as they were.
+        self._hot.written(self._project_id, user.user_id, activity_only=True)
         return device
 
     async def sign_in(
@@ -261,7 +268,7 @@ class ScopedAccounts:
         if rows is None:
             stamp = self._hot.begin()
             rows = await repo.profile_rows(self._database, self._project_id, user.user_id)
-            self._hot.put(key, (self._project_id, user.user_id), stamp, rows)
+            self._hot.put(key, activity(self._project_id, user.user_id), stamp, rows)
         return ProfileView(
             user=user,
             devices=rows.devices,

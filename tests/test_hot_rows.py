@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.store.hot import HotRows, ttl_from
+from server.store.hot import HotRows, activity, ttl_from
 
 
 class Clock:
@@ -80,3 +80,17 @@ def test_the_setting(raw: str, ttl: float) -> None:
 def test_bad_settings_are_refused_by_name(raw: str) -> None:
     with pytest.raises(ValueError, match="IDENTIFY_HOT_CACHE_SECONDS"):
         ttl_from({"IDENTIFY_HOT_CACHE_SECONDS": raw})
+
+
+def test_a_login_drops_the_profile_rows_but_not_the_user() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    hot.put("user", ALICE, hot.begin(), "user row")
+    hot.put("profile", activity(*ALICE), hot.begin(), "devices")
+    clock.now += 0.1
+    hot.written("p", "alice", activity_only=True)
+    assert hot.get("user") == "user row" and hot.get("profile") is None
+    hot.put("profile", activity(*ALICE), hot.begin(), "devices")
+    clock.now += 0.1
+    hot.written("p", "alice")  # a user-level write drops both
+    assert hot.get("user") is None and hot.get("profile") is None

@@ -42,6 +42,11 @@ def ttl_from(env: Mapping[str, str]) -> float:
     return value
 
 
+def activity(project_id: str, user_id: str) -> tuple[str, ...]:
+    """The owner of a user's devices and logins (its profile rows)."""
+    return (project_id, user_id, "activity")
+
+
 class _Lru(Generic[T]):
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
@@ -67,15 +72,16 @@ class _Lru(Generic[T]):
 
 
 class HotRows:
-    """Entries keyed by anything hashable, each belonging to one user
-    (project id, user id), whose writes drop them."""
+    """Entries keyed by anything hashable, each belonging to an owner: a user
+    (project id, user id) for what a user-level write changes, or its
+    `activity` (devices and logins), which every write of it changes."""
 
     def __init__(
         self, ttl: float = DEFAULT_TTL, *, max_entries: int = MAX_ENTRIES, clock: Any = None
     ) -> None:
         self.ttl = ttl
         self._clock = clock or time.monotonic
-        self._values: _Lru[tuple[tuple[str, str], Any]] = _Lru(max_entries)
+        self._values: _Lru[tuple[tuple[str, ...], Any]] = _Lru(max_entries)
         # When each recently written user was last written.
         self._written: _Lru[None] = _Lru(max_entries)
 
@@ -99,16 +105,20 @@ class HotRows:
             return None
         return value
 
-    def put(self, key: Any, owner: tuple[str, str], stamp: float, value: Any) -> None:
+    def put(self, key: Any, owner: tuple[str, ...], stamp: float, value: Any) -> None:
         if self.on and not self._written_since(owner, stamp):
             self._values.put(key, stamp, (owner, value))
 
-    def written(self, project_id: str, user_id: str) -> None:
-        """The user's rows changed: what was read of them before is stale."""
+    def written(self, project_id: str, user_id: str, *, activity_only: bool = False) -> None:
+        """The user's rows changed (only its devices and logins, with
+        `activity_only`): what was read of them before is stale."""
         if self.on:
-            self._written.put((project_id, user_id), float(self._clock()), None)
+            at = float(self._clock())
+            self._written.put(activity(project_id, user_id), at, None)
+            if not activity_only:
+                self._written.put((project_id, user_id), at, None)
 
-    def _written_since(self, owner: tuple[str, str], stamp: float) -> bool:
+    def _written_since(self, owner: tuple[str, ...], stamp: float) -> bool:
         found = self._written.get(owner)
         # `>=`: a write in the same clock tick as the read's start wins.
         return found is not None and found[0] >= stamp
