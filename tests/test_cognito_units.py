@@ -43,6 +43,7 @@ from providers.cognito.errors import translate
 from providers.cognito.profile import attributes_of, email_of, writable_attributes
 from providers.cognito.provider import AccessClaims, CognitoProvider
 from providers.cognito.settings import CognitoSettings
+from providers.cognito.sync import SyncMarks, mark_key
 from providers.kit.tokens import MAX_TOKEN_CHARS
 from tests.harness import at_run_time, free_port, from_now
 
@@ -71,6 +72,7 @@ def test_settings_defaults_build_issuer_and_jwks_from_region_and_pool() -> None:
     assert cfg.session_token is None
     assert cfg.auto_confirm is False
     assert cfg.refresh_token_validity == 30 * 24 * 3600
+    assert cfg.profile_refresh == 60
     assert cfg.timeout == 5.0
 
 
@@ -118,9 +120,11 @@ def test_settings_read_every_optional_value() -> None:
             secretAccessKey="sk",
             sessionToken="st",
             refreshTokenValiditySeconds=3600,
+            profileRefreshSeconds=0,
             timeoutSeconds=2.5,
         )
     )
+    assert cfg.profile_refresh == 0
     assert cfg.client_secret == "s3cret"
     assert cfg.auto_confirm is True
     assert (cfg.access_key_id, cfg.secret_access_key, cfg.session_token) == ("AKIA", "sk", "st")
@@ -155,6 +159,9 @@ def test_settings_read_every_optional_value() -> None:
         ({"secretAccessKey": "sk"}, "accessKeyId and secretAccessKey go together"),
         ({"sessionToken": "t"}, "sessionToken needs accessKeyId"),
         ({"refreshTokenValiditySeconds": 10}, "refreshTokenValiditySeconds must be"),
+        ({"profileRefreshSeconds": -1}, "profileRefreshSeconds must be a whole number between 0"),
+        ({"profileRefreshSeconds": 86401}, "profileRefreshSeconds must be"),
+        ({"profileRefreshSeconds": 1.5}, "profileRefreshSeconds must be"),
         ({"timeoutSeconds": 0}, "timeoutSeconds must be"),
         ({"timeoutSeconds": 31}, "timeoutSeconds must be"),
         ({"userPool": POOL}, "unknown awsCognito setting(s): userPool;"),
@@ -165,6 +172,81 @@ def test_settings_refuse_mistakes_with_a_readable_message(over: dict[str, Any], 
     raw = {k: v for k, v in settings(**over).items() if v is not None}
     with pytest.raises(ValueError, match=re.escape(words)):
         parse(raw)
+
+
+# ------------------------------------------------- profileRefreshSeconds marks
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_mark_is_fresh_for_the_window_only() -> None:
+    clock = Clock()
+    marks: SyncMarks[str] = SyncMarks(60, clock=clock)
+    key = mark_key("user-1", "token-a")
+    assert not marks.fresh(key)
+    marks.mark(key)
+    clock.now += 59.9
+    assert marks.fresh(key)
+    assert not marks.fresh(mark_key("user-1", "token-b"))  # per token
+    assert not marks.fresh(mark_key("user-2", "token-a"))  # and per user id
+    clock.now += 0.1
+    assert not marks.fresh(key)
+
+
+def test_zero_keeps_no_marks() -> None:
+    marks: SyncMarks[str] = SyncMarks(0, clock=Clock())
+    marks.mark(b"k")
+    assert not marks.fresh(b"k") and len(marks) == 0
+
+
+def test_marks_are_bounded_and_expired_ones_dropped() -> None:
+    clock = Clock()
+    marks: SyncMarks[str] = SyncMarks(10, clock=clock, limit=3)
+    for key in (b"a", b"b", b"c", b"d"):
+        marks.mark(key)
+    # Past the bound the oldest goes: that costs one more ask, never staleness.
+    assert len(marks) == 3 and not marks.fresh(b"a") and marks.fresh(b"b")
+    marks.mark(b"b")  # marked again: now the newest
+    clock.now += 10
+    marks.mark(b"e")
+    assert len(marks) == 1 and marks.fresh(b"e")
+
+
+def test_asks_for_one_key_share_one_fetch_and_mark_only_on_success() -> None:
+    async def main() -> None:
+        marks: SyncMarks[str] = SyncMarks(60, clock=Clock())
+        calls = 0
+        gate = asyncio.Event()
+
+        async def fetch() -> str:
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return "answer"
+
+        waiters = [asyncio.ensure_future(marks.ask(b"k", fetch)) for _ in range(5)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()  # a caller that hangs up leaves the others their answer
+        gate.set()
+        assert await asyncio.gather(*waiters[1:]) == ["answer"] * 4
+        assert calls == 1 and marks.fresh(b"k")
+
+        async def refused() -> str:
+            nonlocal calls
+            calls += 1
+            raise Unauthenticated("INVALID_TOKEN", "refused")
+
+        for _ in range(2):
+            with pytest.raises(Unauthenticated):
+                await marks.ask(b"dead", refused)
+        # Not marked: a refused token is asked about again on its next call.
+        assert calls == 3 and not marks.fresh(b"dead")
+
+    asyncio.run(main())
 
 
 # --------------------------------------------------------------- error table

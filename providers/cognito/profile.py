@@ -101,6 +101,13 @@ def attributes_of(get_user_reply: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def stored_attributes(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """Our synced copy (an identity's attributes) as GetUser would show it."""
+    return {
+        k: v for k, v in attributes.items() if isinstance(v, str) and k not in HIDDEN_ATTRIBUTES
+    }
+
+
 def profile_data(view: ProfileView, *, username: str, attributes: Mapping[str, str]) -> JSON:
     """The documented GET /user and GET /user/check `data`: the attributes at
     the top level and again, with username, userId and loginHistory, in a

@@ -14,6 +14,11 @@ still welcome:
   the user since the user's last logout (see `_remember_refresh_token`). So
   "logout, then refresh with the old refresh token" fails here even where
   Cognito itself would still accept that refresh token.
+
+Profile reads and checks serve our synced copy of the attributes and ask
+Cognito's GetUser at most once per access token per `profileRefreshSeconds`
+in each process (see sync.py), and right after our own writes; the local
+verification and the revocation checks above run on every call.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from providers.cognito.profile import (
     attributes_of,
     email_of,
     profile_data,
+    stored_attributes,
     writable_attributes,
 )
 from providers.cognito.settings import CognitoSettings
+from providers.cognito.sync import SyncMarks, mark_key
 from providers.kit.inputs import device_id_arg, require_device_id, require_str
 from providers.kit.jwt import Claims, JwtVerifier, require_claim
 from providers.kit.settings import SettingsReader
@@ -62,6 +69,10 @@ _WRONG_CODE = frozenset({"INVALID_CODE", "EXPIRED_CODE"})
 # Fields of `data` that are not Cognito attributes.
 _REGISTER_FIELDS = ("email", "password", "deviceId")
 _UPDATE_FIELDS = ("deviceId",)
+
+# A user as GetUser (or our synced copy of it) shows them: the user, Cognito's
+# username and the attributes.
+_Profile = tuple[User, str, dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class CognitoProvider(Provider[CognitoSettings]):
         super().__init__(settings, ctx)
         self._api = CognitoApi(settings, ctx)
         self._verifier = JwtVerifier(settings.verifier, ctx.http, now=ctx.now)
+        self._synced: SyncMarks[_Profile] = SyncMarks(settings.profile_refresh)
 
     @classmethod
     def read_settings(cls, s: SettingsReader) -> CognitoSettings:
@@ -260,7 +272,7 @@ class CognitoProvider(Provider[CognitoSettings]):
     # -------------------------------------------------------------- profile
     async def get_user(self, req: Request) -> Reply:
         token, claims, user = await self._authenticate(req)
-        user, username, attributes = await self._fresh_profile(token, claims, user)
+        user, username, attributes = await self._profile(token, claims, user)
         view = await self.ctx.accounts.profile(user)
         return Reply(
             message="OK", data=profile_data(view, username=username, attributes=attributes)
@@ -269,8 +281,9 @@ class CognitoProvider(Provider[CognitoSettings]):
     async def check_user(self, req: Request) -> Reply:
         device_id = require_device_id(req)
         token, claims, user = await self._authenticate(req)
-        # Cognito's answer first: a token it refuses must not count as a login.
-        user, username, attributes = await self._fresh_profile(token, claims, user)
+        # Cognito's answer (or our copy, within the window) first: a token it
+        # refuses must not count as a login.
+        user, username, attributes = await self._profile(token, claims, user)
         await self.ctx.accounts.record_login(user, device_id)
         view = await self.ctx.accounts.profile(user)
         return Reply(
@@ -292,7 +305,11 @@ class CognitoProvider(Provider[CognitoSettings]):
             AccessToken=token,
             UserAttributes=[{"Name": k, "Value": v} for k, v in attributes.items()],
         )
+        # GetUser rather than our copy merged with the request: Cognito may
+        # change more than was written (a new email is unverified, or stays
+        # pending until verified). Our copy is then fresh for this token.
         user, username, fresh = await self._fresh_profile(token, claims, user)
+        self._synced.mark(mark_key(user.user_id, token))
         return Reply(
             message="User is Correctly Updated",
             data={
@@ -382,6 +399,8 @@ class CognitoProvider(Provider[CognitoSettings]):
         )
         if not created:
             user = await self._sync(user, username, attributes)
+        # The new token's GetUser just ran: reads with it start from this copy.
+        self._synced.mark(mark_key(user.user_id, tokens.access))
         if tokens.refresh:
             await self._remember_refresh_token(tokens.refresh, user)
         return await self.ctx.accounts.sign_in(
@@ -403,9 +422,18 @@ class CognitoProvider(Provider[CognitoSettings]):
             raise token_revoked()
         return token, claims, user
 
-    async def _fresh_profile(
-        self, token: str, claims: AccessClaims, user: User
-    ) -> tuple[User, str, dict[str, str]]:
+    async def _profile(self, token: str, claims: AccessClaims, user: User) -> _Profile:
+        """Our copy while this token's last GetUser is younger than
+        profileRefreshSeconds; else GetUser, shared by the token's calls that
+        arrive while it runs. `user` was just read, so a write through any
+        process (UpdateUser, a sync) shows at once."""
+        key = mark_key(user.user_id, token)
+        if self._synced.fresh(key):
+            username = user.username or claims.username
+            return user, username, stored_attributes(user.attributes)
+        return await self._synced.ask(key, lambda: self._fresh_profile(token, claims, user))
+
+    async def _fresh_profile(self, token: str, claims: AccessClaims, user: User) -> _Profile:
         """GetUser, and our copy of the attributes brought up to date."""
         username, attributes = await self._cognito_user(token, claims)
         return await self._sync(user, username, attributes), username, attributes

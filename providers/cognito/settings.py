@@ -18,6 +18,11 @@ _CLIENT_ID = re.compile(r"[0-9A-Za-z_+]+")
 
 DEFAULT_REFRESH_TOKEN_VALIDITY = 30 * 24 * 3600  # Cognito's own default
 MAX_REFRESH_TOKEN_VALIDITY = 10 * 365 * 24 * 3600  # Cognito's maximum
+# How long a profile read may be served from our copy of a user's attributes
+# before GetUser is asked again: GetUser counts against a per-account quota
+# (120 requests/s by default), which would otherwise cap every profile read.
+DEFAULT_PROFILE_REFRESH = 60
+MAX_PROFILE_REFRESH = 24 * 3600
 # Cognito signs with RS256 only; anything else is not one of its tokens.
 ALGORITHMS = ("RS256",)
 
@@ -34,6 +39,8 @@ class CognitoSettings:
     secret_access_key: str | None
     session_token: str | None
     refresh_token_validity: int
+    # Seconds; 0 asks Cognito on every profile read and check.
+    profile_refresh: int
     timeout: float
     # Access tokens: issuer = the pool, audience = the app client (its
     # `client_id` claim), token_use = access.
@@ -94,6 +101,13 @@ def read(s: SettingsReader) -> CognitoSettings:
             low=60,
             high=MAX_REFRESH_TOKEN_VALIDITY,
             hint="the app client's refresh token expiration",
+        ),
+        profile_refresh=s.integer(
+            "profileRefreshSeconds",
+            default=DEFAULT_PROFILE_REFRESH,
+            low=0,
+            high=MAX_PROFILE_REFRESH,
+            hint="how long profile reads are served from the synced copy; 0: ask Cognito each time",
         ),
         timeout=s.timeout(),
         verifier=VerifierConfig.read(
