@@ -474,6 +474,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # bench/seed.py reads the schema's head revision through Alembic, which
+    # announces each plugin it loads.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     args = parse_args(argv)
     os.chdir(ROOT)  # the stack's children run `python -m ...` from here
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-bench-"))
