@@ -42,7 +42,15 @@ typecheck: setup
 generate: setup
 	$(BIN)/python scripts/generate.py
 
-bench: setup
+# The peer the bench measures against (bench/peer) needs packages nothing
+# else does: the `bench` extra, installed on the first `make bench`.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
 
 clean:

@@ -1,14 +1,20 @@
 """`make bench`: the real stack under load through the Envoy edge.
 
-For 1 and N (= cores) server processes: the ceiling (Envoy in front of an
-empty gRPC handler), then the service on SQLite and, when
-IDENTIFY_BENCH_POSTGRES_URL or IDENTIFY_TEST_POSTGRES_URL is set, on a fresh
-PostgreSQL database. Each scenario is loaded at 16 and 64 connections by wrk
-in its own process. Writes bench/results/latest.{json,md} and prints the
-Markdown.
+For 2 server processes (issue 11's figures; --workers adds others): the lean
+ceiling (the same Envoy binary with only the JSON transcoder in front of an
+empty gRPC handler, bench/lean-envoy.yaml), the edge ceiling (the service's
+own Envoy config in front of the same handler), then the service on SQLite
+and, when IDENTIFY_BENCH_POSTGRES_URL or IDENTIFY_TEST_POSTGRES_URL is set, on
+a fresh PostgreSQL database, each beside the peer (bench/peer, fastapi-users)
+on the same store; then the read scenarios at 10,000 and 1,000,000 users
+(bench/seed.py, kept under var/bench/ between runs). Each scenario is loaded
+at 64 connections by wrk in its own process. Writes
+bench/results/latest.{json,md}, the targets table into README.md, and prints
+the Markdown.
 
-    python -m bench.run [--duration 5] [--warmup 2] [--connections 16,64]
-                        [--workers 1,2] [--loadgen auto|wrk|python] [--no-profile]
+    python -m bench.run [--duration 5] [--warmup 1] [--connections 64]
+                        [--workers 2] [--loadgen auto|wrk|python] [--no-profile]
+                        [--seed-users 10000,1000000 | --no-flat]
 """
 
 from __future__ import annotations
@@ -29,15 +35,16 @@ from collections.abc import Iterator
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import load, procstat, profile, report, scenarios, stacks
+from bench import load, procstat, profile, report, scenarios, seed, stacks
 from bench.report import Report
-from server.supervisor import default_workers
 from tests.fakes.oidc_issuer import FakeIssuer
 
 log = logging.getLogger("bench")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PROFILED = ("anonymous_login", "profile_read")
+# The issue's figures: 2 server processes (and the peer's 2 uvicorn workers).
+DEFAULT_WORKERS = 2
 PROBE_TIMEOUT_S = 12.0
 # The db label of the figure measured with the rate limits on.
 LIMITS_ON_DB = report.LIMITS_ON_DB
@@ -93,16 +100,20 @@ class Bench:
         workers: int,
         scenario: scenarios.Scenario,
         connections: list[int] | None = None,
+        duration: float | None = None,
+        warm: bool = True,
     ) -> None:
         connections = connections or self.args.connections
         scenarios.verify(running.base_url, scenario)
-        if self.args.warmup > 0:
+        if warm and self.args.warmup > 0:
             self.generator.run(self.spec(running, scenario, max(connections), self.args.warmup))
         for conns in connections:
             for proc in running.processes:
                 proc.begin()
             busy = procstat.machine_busy_seconds()
-            result = self.generator.run(self.spec(running, scenario, conns, self.args.duration))
+            result = self.generator.run(
+                self.spec(running, scenario, conns, duration or self.args.duration)
+            )
             busy = procstat.machine_busy_seconds() - busy
             processes = [proc.end() for proc in running.processes]
             cpu = sum(float(p["cpu_s"]) for p in processes)
@@ -181,25 +192,105 @@ class Bench:
 
     def run(self) -> Report:
         issuer = FakeIssuer()
+        cognito = None
         try:
-            world = scenarios.World(issuer)
+            if "cognito_profile_read" in self.args.scenarios:
+                cognito = scenarios.Cognito()
+            world = scenarios.World(issuer, cognito)
             pg_server = stacks.postgres_server_url()
+            self.report.meta["postgresql"] = bool(pg_server)
+            self.report.meta["target_workers"] = max(self.args.workers)
             for workers in self.args.workers:
+                ceiling = world.ceiling()
+                with stacks.lean_ceiling(
+                    self.workdir / f"lean-{workers}",
+                    workers=workers,
+                    probe_path=ceiling.requests[0].path,
+                ) as running:
+                    self.measure(running, "none", workers, ceiling)
+                    self.record_stack(running, "none", workers)
                 with stacks.ceiling(
                     self.workdir / f"ceiling-{workers}", workers=workers
                 ) as running:
-                    self.measure(running, "none", workers, world.ceiling())
-                    self.record_stack(running, "none", workers)
+                    self.measure(running, "none", workers, world.edge_ceiling())
                 self.service(world, "sqlite", workers, None, issuer)
-                if workers == 1 and "profile_read" in self.args.scenarios:
-                    self.profile_read_with_limits(world, issuer)
-                    self.profile_read_metrics_on_off(world, issuer)
+                if workers == max(self.args.workers):
+                    self.peer("sqlite", None)
+                if workers == min(self.args.workers) and "profile_read" in self.args.scenarios:
+                    self.profile_read_with_limits(world, issuer, workers)
+                    self.profile_read_metrics_on_off(world, issuer, workers)
                 if pg_server:
                     self.service(world, "postgresql", workers, pg_server, issuer)
+                    if workers == max(self.args.workers):
+                        self.peer("postgresql", pg_server)
+            if self.args.flat:
+                workers = max(self.args.workers)
+                self.flat(world, "sqlite", None, workers)
+                if pg_server:
+                    self.flat(world, "postgresql", pg_server, workers)
         finally:
             issuer.stop()
+            if cognito is not None:
+                cognito.stop()
         self.report.add_ratios()
         return self.report
+
+    def peer(self, db: str, pg_server: str | None) -> None:
+        """The fastapi-users peer on a fresh database of the same store, its
+        users registered and signed in through its own routes."""
+        tmp = self.workdir / f"peer-{db}"
+        with (
+            _database(tmp, pg_server) as db_url,
+            stacks.peer(tmp, db_url=db_url) as running,
+        ):
+            scenario = scenarios.peer_profile_read(running.base_url)
+            self.measure(running, db, stacks.PEER_WORKERS, scenario)
+            self.record_stack(running, f"peer:{db}", stacks.PEER_WORKERS)
+
+    def flat(self, world: scenarios.World, store: str, pg_server: str | None, workers: int) -> None:
+        """The read scenarios against a small and a large seeded database,
+        both stacks up side by side and measured in turn (small, large,
+        large, small) so drift on the machine weighs on both alike."""
+        config = scenarios.config(world.issuer, world.cognito)
+
+        def start_once(db_url: str) -> None:
+            with stacks.service(self.workdir / f"seed-{store}", config, db_url=db_url, workers=1):
+                pass
+
+        sizes = self.args.seed_users
+        dbs = {n: seed.seeded(store, n, scenarios.PROJECT, start_once, pg_server) for n in sizes}
+        with contextlib.ExitStack() as both:
+            reads: dict[int, tuple[stacks.Running, list[scenarios.Scenario]]] = {}
+            for n in sizes:
+                running, _stack = both.enter_context(
+                    stacks.service(
+                        self.workdir / f"flat-{store}-{n}",
+                        config,
+                        db_url=dbs[n].db_url,
+                        workers=workers,
+                    )
+                )
+                chosen = [
+                    s
+                    for s in world.seeded_reads(running.base_url, dbs[n])
+                    if s.name in self.args.scenarios
+                ]
+                reads[n] = (running, chosen)
+            small, large = sizes[0], sizes[-1]
+            for i in range(len(reads[small][1])):
+                for round_, n in enumerate((small, large, large, small)):
+                    running, chosen = reads[n]
+                    self.measure(
+                        running,
+                        report.flat_db(store, n),
+                        workers,
+                        chosen[i],
+                        connections=[report.P99_CONNECTIONS],
+                        duration=self.args.flat_duration,
+                        warm=round_ < 2,
+                    )
+            for n in sizes:
+                self.record_stack(reads[n][0], report.flat_db(store, n), workers)
 
     def service(
         self,
@@ -212,15 +303,14 @@ class Bench:
         tmp = self.workdir / f"{db}-{workers}"
         with (
             _database(tmp, pg_server) as db_url,
-            stacks.service(tmp, scenarios.config(issuer), db_url=db_url, workers=workers) as (
-                running,
-                _stack,
-            ),
+            stacks.service(
+                tmp, scenarios.config(issuer, world.cognito), db_url=db_url, workers=workers
+            ) as (running, _stack),
         ):
             chosen = [s for s in world.scenarios(running.base_url) if s.name in self.args.scenarios]
             for scenario in chosen:
                 self.measure(running, db, workers, scenario)
-            if self.args.profile and db == "sqlite" and workers == 1:
+            if self.args.profile and db == "sqlite" and workers == min(self.args.workers):
                 for scenario in chosen:
                     if scenario.name in PROFILED:
                         self.profile(running, scenario)
@@ -229,7 +319,9 @@ class Bench:
                 self.disconnect_probe(running, db, workers, by_name["anonymous_login"])
             self.record_stack(running, db, workers)
 
-    def profile_read_with_limits(self, world: scenarios.World, issuer: FakeIssuer) -> None:
+    def profile_read_with_limits(
+        self, world: scenarios.World, issuer: FakeIssuer, workers: int
+    ) -> None:
         """The same profile read with the rate limits on (every other figure
         runs with them off, so writes are not throttled): the limits guard only
         the routes that create accounts or check credentials, so this one must
@@ -245,14 +337,15 @@ class Bench:
                 tmp,
                 config,
                 db_url=db_url,
-                workers=1,
+                workers=workers,
                 env={"IDENTIFY_RATE_LIMITS": "on"},
             ) as (running, _stack),
         ):
-            [read] = [s for s in world.scenarios(running.base_url) if s.name == "profile_read"]
-            self.measure(running, LIMITS_ON_DB, 1, read)
+            self.measure(running, LIMITS_ON_DB, workers, world.profile_read())
 
-    def profile_read_metrics_on_off(self, world: scenarios.World, issuer: FakeIssuer) -> None:
+    def profile_read_metrics_on_off(
+        self, world: scenarios.World, issuer: FakeIssuer, workers: int
+    ) -> None:
         """The profile read with the servers' metrics on and off: two stacks
         up side by side, measured in turn (METRICS_ROUNDS) at each connection
         count, so both sides meet the same machine."""
@@ -263,14 +356,13 @@ class Bench:
                 tmp = self.workdir / db
                 db_url = both.enter_context(_database(tmp, None))
                 running, _stack = both.enter_context(
-                    stacks.service(tmp, config, db_url=db_url, workers=1, metrics=on)
+                    stacks.service(tmp, config, db_url=db_url, workers=workers, metrics=on)
                 )
-                [read] = [s for s in world.scenarios(running.base_url) if s.name == "profile_read"]
-                pair[db] = (running, read)
+                pair[db] = (running, world.profile_read())
             for conns in self.args.connections:
                 for db in METRICS_ROUNDS:
                     running, read = pair[db]
-                    self.measure(running, db, 1, read, connections=[conns])
+                    self.measure(running, db, workers, read, connections=[conns])
             on_running, _ = pair[METRICS_ON_DB]
             _check_counted(on_running, self.report.runs)
 
@@ -349,25 +441,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per figure")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before each scenario")
-    parser.add_argument("--connections", type=_ints, default=[16, 64])
-    parser.add_argument("--workers", type=_ints, default=None, help="default: 1 and cores")
+    parser.add_argument("--connections", type=_ints, default=[64])
+    parser.add_argument("--workers", type=_ints, default=[DEFAULT_WORKERS])
     parser.add_argument("--threads", type=int, default=1, help="load generator threads")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--scenarios",
         type=lambda s: s.split(","),
-        default=["anonymous_login", "nologin_get", "profile_read", "check_token"],
+        default=[
+            "anonymous_login",
+            "nologin_get",
+            "profile_read",
+            "check_token",
+            "cognito_profile_read",
+        ],
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument(
+        "--seed-users",
+        type=_ints,
+        default=[seed.SMALL, seed.LARGE],
+        help="the small and the large seeded database (flat at a million users)",
+    )
+    parser.add_argument("--flat-duration", type=float, default=3.0, help="seconds per round")
+    parser.add_argument("--no-flat", dest="flat", action="store_false")
     parser.add_argument("--output", type=pathlib.Path, default=None, help="default: bench/results")
     args = parser.parse_args(argv)
-    args.workers = args.workers or sorted({1, default_workers()})
+    args.workers = sorted(set(args.workers))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s bench %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # bench/seed.py reads the schema's head revision through Alembic, which
+    # announces each plugin it loads.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     args = parse_args(argv)
     os.chdir(ROOT)  # the stack's children run `python -m ...` from here
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="identify-bench-"))
@@ -378,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     report.meta["total_s"] = round(time.monotonic() - started, 1)
     print(report.write(args.output or RESULTS))
+    # The README shows the default run's targets, not a trial's elsewhere.
+    if args.output is None and report.update_readme():
+        log.info("README.md: targets table updated")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""The peer: what a Python developer would deploy instead of Identify."""
