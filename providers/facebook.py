@@ -84,11 +84,14 @@ class FacebookProvider(SocialProvider[FacebookSettings]):
             # debug_token and /me disagree about whose token this is.
             raise self._invalid("INVALID_SOCIAL_TOKEN")
         issued_at = info.get("issued_at")
+        expires_at = info.get("expires_at")
         return SocialIdentity(
             subject=facebook_id,
             # Graph only returns an email the user confirmed with Facebook.
             attributes={"name": me.get("name"), "email": me.get("email")},
             issued_at=issued_at if isinstance(issued_at, int) else None,
+            # 0 (or absent): a token that does not expire.
+            expires_at=expires_at if isinstance(expires_at, int) and expires_at > 0 else None,
         )
 
     async def _debug_token(self, token: str) -> JSON:

@@ -52,4 +52,5 @@ class GoogleProvider(SocialProvider[VerifierConfig]):
                 "picture": claims.get("picture"),
             },
             issued_at=claims["iat"],
+            expires_at=claims["exp"],
         )

@@ -1,11 +1,13 @@
 """Server interceptors: a request id for every call, an access-log line for
-each refused or failed call (every call at debug level), and a clean refusal
+each refused or failed call (every call, and a client hanging up (CANCELLED),
+at debug level only), and a clean refusal
 of request bytes that are no valid message. A line names method, status,
 duration and request id only: never metadata or payloads, which carry tokens
 and passwords."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -68,6 +70,13 @@ def _malformed() -> InvalidArgument:
     )
 
 
+def why_gone(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The status of a call gRPC cancelled: its deadline passed, or else the
+    client hung up."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -89,11 +98,20 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             token = call_var.set(Call(request_id=request_id, method=method))
             started = time.perf_counter()
             code = "OK"
+            gone = False
             try:
                 context.set_trailing_metadata((("x-request-id", request_id),))
                 if request is UNDECODABLE:
                     await context.abort_with_status(errors.to_status(_malformed(), request_id))
                 return await inner(request, context)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                # gRPC cancels the handler when the client (or Envoy for it)
+                # hangs up or its deadline passes: nobody is left to answer,
+                # and nothing failed here. The work itself runs on, shielded
+                # (server/detached.py).
+                gone = True
+                code = why_gone(context)
+                raise
             except BaseException:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
@@ -102,8 +120,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 if code == "UNKNOWN":
                     log.exception("%s failed request_id=%s", method, request_id)
                 # Envoy's access log already has every request; here the
-                # refusals are worth a line, successes only when debugging.
-                level = logging.DEBUG if code == "OK" else logging.INFO
+                # refusals are worth a line, successes and hang-ups only
+                # when debugging (a load generator stopping cuts hundreds).
+                level = logging.DEBUG if code == "OK" or gone else logging.INFO
                 if not quiet and log.isEnabledFor(level):
                     log.log(
                         level,

@@ -30,7 +30,7 @@ from providers.values import (
     Session,
     Unauthenticated,
 )
-from server import errors, tokens
+from server import errors, structs, tokens
 from server.clock import now
 from server.detached import Detached
 from server.edge import CLIENT_IP_HEADER
@@ -145,7 +145,7 @@ def _upgrade_reply(
     else:
         out.message = "identity linked"
     out.data.SetInParent()
-    out.data.update(data)
+    structs.fill(out.data, data)
     out.linked_identities.extend(
         pb.LinkedIdentity(provider=i.provider, external_id=i.external_id, linked_at=i.linked_at)
         for i in linked
@@ -172,10 +172,10 @@ def _user_reply(req: Request, reply: Reply) -> pb.UserReply:
         out.project_id = req.project.id
         out.external_id = reply.external_id or ""
         out.app_profile.SetInParent()
-        out.app_profile.update(reply.app_profile or {})
+        structs.fill(out.app_profile, reply.app_profile or {})
     elif reply.data is not None:
         out.data.SetInParent()
-        out.data.update(reply.data)
+        structs.fill(out.data, reply.data)
     return out
 
 

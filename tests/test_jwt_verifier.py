@@ -4,6 +4,7 @@ its own reason, keys rotate, refetches stay bounded, outages are 503s."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -457,6 +458,48 @@ def test_verified_tokens_are_served_from_the_cache(issuer: FakeIssuer) -> None:
     first, second = run(config(issuer), body)
     # The very same claims object: the second call did no verification.
     assert first is second
+
+
+def test_a_cached_token_is_refused_once_it_expires(issuer: FakeIssuer) -> None:
+    wall = Clock()
+    wall.t = float(int(time.time()))
+    token = issuer.mint(sub="ending", aud=AUD, exp=int(wall.t) + 60, iat=int(wall.t))
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            v = JwtVerifier(config(issuer), http, now=wall)
+            first = await v.verify(token)
+            wall.t += 60 + 30  # exp plus the leeway: still valid, from the cache
+            assert await v.verify(token) is first
+            wall.t += 1
+            for _ in range(2):  # the cached entry does not outlive its exp either
+                with pytest.raises(Unauthenticated) as err:
+                    await v.verify(token)
+                assert err.value.reason == "TOKEN_EXPIRED"
+            # A refresh may still learn whose token it was, by a verification.
+            late = await v.verify(token, allow_expired=True)
+            assert late["sub"] == "ending" and late is not first
+
+    asyncio.run(main())
+
+
+def test_the_claims_cache_is_bounded_and_keyed_on_a_digest(issuer: FakeIssuer) -> None:
+    a, b, c = (issuer.mint(sub=f"lru-{n}", aud=AUD) for n in "abc")
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            v = JwtVerifier(config(issuer), http, now=time.time, cache_size=2)
+            first_a, first_b = await v.verify(a), await v.verify(b)
+            assert await v.verify(a) is first_a  # a is now the most recently used
+            await v.verify(c)  # the third entry pushes out the least recently used: b
+            assert await v.verify(a) is first_a
+            again_b = await v.verify(b)
+            assert again_b == first_b and again_b is not first_b  # verified once more
+            # The cache holds digests, never the bearer tokens themselves.
+            held = set(v._verified)
+            assert held == {hashlib.sha256(t.encode()).digest() for t in (a, b)}
+
+    asyncio.run(main())
 
 
 def test_revoked_tokens_are_refused() -> None:

@@ -14,6 +14,7 @@ unsigned or forged token learns nothing about which claims would pass.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +54,9 @@ _KEY_FOR_ALG: dict[str, tuple[type[Any], type[ec.EllipticCurve] | None]] = {
 }
 SUPPORTED_ALGORITHMS = tuple(_KEY_FOR_ALG)
 MAX_LEEWAY = 300
-CLAIMS_CACHE_SIZE = 4096
+# Verified tokens kept per verifier (so per project and provider), least
+# recently used dropped first: at ~1 KB of claims each, about 10 MB at most.
+CLAIMS_CACHE_SIZE = 10_000
 
 Claims = Mapping[str, Any]
 
@@ -136,8 +139,10 @@ class JwtVerifier:
         *,
         now: Callable[[], float],
         monotonic: Callable[[], float] = time.monotonic,
+        cache_size: int = CLAIMS_CACHE_SIZE,
     ) -> None:
         self.config = config
+        self._cache_size = cache_size
         self._http = http
         self._now = now
         self._discovered_jwks_uri: str | None = None
@@ -153,9 +158,12 @@ class JwtVerifier:
             on_keys_removed=self._forget_verified,
         )
         self._jws = jwt.PyJWS()
-        # token -> (claims, exp): a token verified once is not verified again
-        # until it expires, unless its key disappears from the set.
-        self._verified: OrderedDict[str, tuple[Claims, float]] = OrderedDict()
+        # SHA-256(token) -> (claims, exp): a token verified once is not
+        # verified again until it expires (the leeway included, as a
+        # verification would), unless its key leaves the set. Keyed on the
+        # digest so the process holds no bearer token past its call and a
+        # 16 KiB token costs a 32-byte key.
+        self._verified: OrderedDict[bytes, tuple[Claims, float]] = OrderedDict()
 
     @property
     def jwks_fetches(self) -> int:
@@ -166,14 +174,20 @@ class JwtVerifier:
         `allow_expired` skips only `exp`: it is for learning whose session a
         refresh continues, never for granting access."""
         now = self._now()
-        hit = self._verified.get(token)
+        digest = hashlib.sha256(token.encode()).digest() if isinstance(token, str) else b""
+        hit = self._verified.get(digest)
         if hit is not None:
             claims, exp = hit
             if now <= exp + self.config.leeway:
-                self._verified.move_to_end(token)
+                self._verified.move_to_end(digest)
                 meter().token_cache(hit=True)
                 return claims
-            del self._verified[token]
+            # Expired since it was verified: what a verification would say
+            # now (its signature and claims passed then), without the work.
+            del self._verified[digest]
+            if not allow_expired:
+                meter().token_cache(hit=True)
+                raise _refuse("TOKEN_EXPIRED", "the token has expired")
         meter().token_cache(hit=False)
 
         header = self._header(token)
@@ -199,7 +213,7 @@ class JwtVerifier:
             raise _malformed()
         exp = self._check_claims(claims, now, allow_expired=allow_expired)
         if now <= exp + self.config.leeway:
-            self._remember(token, claims, exp)
+            self._remember(digest, claims, exp)
         return claims
 
     def _header(self, token: str) -> Mapping[str, Any]:
@@ -242,9 +256,9 @@ class JwtVerifier:
             raise _refuse("MISSING_SUBJECT", "the token names no subject (sub)")
         return exp
 
-    def _remember(self, token: str, claims: Claims, exp: float) -> None:
-        self._verified[token] = (claims, exp)
-        if len(self._verified) > CLAIMS_CACHE_SIZE:
+    def _remember(self, digest: bytes, claims: Claims, exp: float) -> None:
+        self._verified[digest] = (claims, exp)
+        while len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
 
     def _forget_verified(self) -> None:

@@ -9,6 +9,7 @@ may quote them)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from server.interceptors import why_gone
 from server.requestctx import call_var
 
 # Envoy checks every backend's health each second: a trace each would bury
@@ -77,6 +79,10 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.OK
                 try:
                     return await inner(request, context)  # type: ignore[arg-type]
+                except asyncio.CancelledError:
+                    # The client hung up or its deadline passed: no failure of ours.
+                    code = grpc.StatusCode[why_gone(context)]
+                    raise
                 except BaseException:
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
