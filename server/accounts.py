@@ -41,7 +41,7 @@ class ScopedAccounts:
         self._secret = secret
         self._keys = keys
         # Shared by every project's accounts in this process (server/store/hot.py).
-        self._hot = hot or HotRows(0)
+        self._hot = hot if hot is not None else HotRows(0)
 
     def external_id(self, subject: str) -> str:
         return tokens.external_id(self._secret, self._provider, subject)

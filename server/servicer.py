@@ -317,7 +317,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         self._projects = projects
         self._keys = keys
         self._database = database
-        self._hot = hot or HotRows(0)
+        self._hot = hot if hot is not None else HotRows(0)
         self._upgrades = Upgrades(database, keys)
         self._detached = Detached()
 

@@ -10,13 +10,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from server.store.schema import users
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, create_admin_key, error_reason, start_stack
+from tests.harness import Stack, create_admin_key, error_reason, in_store, start_stack
 
 AUD = "https://api.hot-rows.test"
 PROJECT = str(uuid.uuid4())
-BOUND = 1.0
+BOUND = 3.0
 READS = 20
 
 
@@ -96,3 +98,25 @@ def test_an_update_through_one_process_is_read_by_every_other_within_the_bound(
         time.sleep(BOUND + 0.2)
         seen = {str(r.json()["data"]["appProfile"]) for r in reads(http, token)}
         assert seen == {"{'v': 2}"}
+
+
+def test_within_the_bound_reads_cost_no_database_read(stack: Stack, issuer: FakeIssuer) -> None:
+    token = issuer.mint(sub=f"auth0|{uuid.uuid4().hex}", aud=AUD)
+    with stack.client() as http:
+        first = reads(http, token)
+        assert {r.status_code for r in first} == {200}
+        # Changed behind Identify's back: only a database read would see it.
+        in_store(
+            stack.db_url.split("?")[0],
+            lambda conn: conn.execute(
+                sa.update(users)
+                .where(users.c.project_id == PROJECT)
+                .values(app_profile={"behind": True})
+            ),
+            write=True,
+        )
+        kept = reads(http, token)
+        assert {str(r.json()["data"]["appProfile"]) for r in kept} == {"{}"}
+        time.sleep(BOUND + 0.2)
+        fresh = reads(http, token)
+        assert {str(r.json()["data"]["appProfile"]) for r in fresh} == {"{'behind': True}"}

@@ -342,7 +342,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._projects = projects
         # This process's copies of hot users' rows: dropped for a user we
         # change (other processes see the change within their ttl).
-        self._hot = hot or HotRows(0)
+        self._hot = hot if hot is not None else HotRows(0)
         self._detached = Detached()
 
     # ------------------------------------------------------------ plumbing
