@@ -14,6 +14,7 @@ from server.events import calls
 from server.events.audit import AuditEvent
 from server.events.types import USER_CREATED, USER_LINKED, USER_MERGED, USER_UPDATED
 from server.keys import KeyStore
+from server.requestctx import call_var
 from server.store import identities as links
 from server.store import repo
 from server.store.db import Database
@@ -22,6 +23,8 @@ from server.store.schema import issued_tokens, revoked_tokens
 from server.upgrade import LINK, Upgrade, upgrade_var
 
 _FIELD_NAMES = {"app_profile": "appProfile"}
+# The calls that only read the user, so may be answered from the hot rows.
+READ_ONLY_RPCS = frozenset({"GetUser"})
 
 
 class ScopedAccounts:
@@ -108,12 +111,15 @@ class ScopedAccounts:
 
     async def identities(self, user: User) -> list[Identity]:
         self._own(user)
+        hot = self._cached()
+        if hot is None:
+            return await links.identities_of(self._database, self._project_id, user.user_id)
         key = (self._project_id, "identities", user.user_id)
-        cached: list[Identity] | None = self._hot.get(key)
+        cached: list[Identity] | None = hot.get(key)
         if cached is None:
-            stamp = self._hot.begin()
+            stamp = hot.begin()
             cached = await links.identities_of(self._database, self._project_id, user.user_id)
-            self._hot.put(key, (self._project_id, user.user_id), stamp, cached)
+            hot.put(key, (self._project_id, user.user_id), stamp, cached)
         return list(cached)
 
     def _upgrade(self) -> Upgrade | None:
@@ -195,17 +201,32 @@ class ScopedAccounts:
         return await self._find("external_id", external_id)
 
     async def _find(self, column: str, value: str) -> User | None:
+        hot = self._cached()
+        if hot is None:
+            return await repo.find_user(
+                self._database, self._project_id, column, value, provider=self._provider
+            )
         key = (self._project_id, self._provider, column, value)
-        cached: User | None = self._hot.get(key)
+        cached: User | None = hot.get(key)
         if cached is not None:
             return cached
-        stamp = self._hot.begin()
+        stamp = hot.begin()
         user = await repo.find_user(
             self._database, self._project_id, column, value, provider=self._provider
         )
         if user is not None:
-            self._hot.put(key, (self._project_id, user.user_id), stamp, user)
+            hot.put(key, (self._project_id, user.user_id), stamp, user)
         return user
+
+    def _cached(self) -> HotRows | None:
+        """The hot rows, for a call that only reads (a profile read): a call
+        that writes (a login, a check, an update) must act on the user as
+        the store holds it now, never on a copy a second old of a user
+        another process may have erased or purged meanwhile."""
+        call = call_var.get()
+        if call is None or call.method.rpartition("/")[2] not in READ_ONLY_RPCS:
+            return None
+        return self._hot
 
     def _wrote(self, user_id: str) -> None:
         self._hot.written(self._project_id, user_id)
@@ -263,12 +284,14 @@ class ScopedAccounts:
 
     async def profile(self, user: User) -> ProfileView:
         self._own(user)
+        hot = self._cached()
         key = (self._project_id, "profile", user.user_id)
-        rows: repo.ProfileRows | None = self._hot.get(key)
+        rows: repo.ProfileRows | None = hot.get(key) if hot is not None else None
         if rows is None:
             stamp = self._hot.begin()
             rows = await repo.profile_rows(self._database, self._project_id, user.user_id)
-            self._hot.put(key, activity(self._project_id, user.user_id), stamp, rows)
+            if hot is not None:
+                hot.put(key, activity(self._project_id, user.user_id), stamp, rows)
         return ProfileView(
             user=user,
             devices=rows.devices,
