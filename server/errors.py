@@ -21,6 +21,7 @@ import collections
 import logging
 import math
 
+import asyncpg
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -55,9 +56,21 @@ def store_failure(exc: BaseException) -> str | None:
     # Pool exhausted, connection refused, asyncpg's command timeout.
     if isinstance(exc, PoolTimeout | OSError):
         return "unavailable"
+    # asyncpg's own errors, as a connect during a PostgreSQL restart raises
+    # them ("the database system is starting up") past SQLAlchemy's wrapping.
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
+        # InternalClientError ("cannot switch to state ...; another
+        # operation is in progress"): a connection the restart broke half-way.
+        return "unavailable"
+    if isinstance(exc, asyncpg.PostgresError):
+        raw_state = getattr(exc, "sqlstate", None)
+        raw_class = raw_state[:2] if isinstance(raw_state, str) else None
+        if raw_class == _DATA_STATE:
+            return "invalid_value"
+        return "unavailable" if raw_class in _OUTAGE_STATES else "bug"
     if not isinstance(exc, DBAPIError):
         return None
-    if exc.connection_invalidated:
+    if exc.connection_invalidated or isinstance(exc.orig, asyncpg.exceptions.InternalClientError):
         return "unavailable"
     state = getattr(exc.orig, "sqlstate", None)
     state_class = state[:2] if isinstance(state, str) else None

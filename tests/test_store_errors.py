@@ -10,6 +10,7 @@ import pathlib
 import uuid
 from collections.abc import Callable
 
+import asyncpg
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -112,3 +113,25 @@ def test_an_unreachable_store_is_unavailable(db_url: str, tmp_path: pathlib.Path
         raise AssertionError("the store answered")
 
     assert _status_of(asyncio.run(run())) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+
+
+@pytest.mark.parametrize(
+    ("raised", "meaning"),
+    [
+        # What a connect during a PostgreSQL restart raises past SQLAlchemy.
+        (
+            asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+            "unavailable",
+        ),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), "unavailable"),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"), "unavailable"),
+        (asyncpg.exceptions.InternalClientError("cannot switch to state 12"), "unavailable"),
+        (asyncpg.exceptions.InvalidTextRepresentationError("bad input"), "invalid_value"),
+        (asyncpg.exceptions.UndefinedColumnError("no such column"), "bug"),
+        (ValueError("not the store's"), None),
+    ],
+)
+def test_asyncpg_errors_raised_as_they_are_mean_what_their_sqlstate_says(
+    raised: BaseException, meaning: str | None
+) -> None:
+    assert errors.store_failure(raised) == meaning

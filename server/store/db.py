@@ -205,10 +205,11 @@ class Database:
     async def _fetch(
         self, queries: Sequence[tuple[HotQuery, Mapping[str, Any]]]
     ) -> list[list[Any]]:
+        def run(conn: sa.Connection) -> list[list[Any]]:
+            return [list(conn.execute(q.statement, params)) for q, params in queries]
+
         if self._async is None:
-            return self._read_sqlite(
-                lambda conn: [list(conn.execute(q.statement, params)) for q, params in queries]
-            )
+            return self._read_sqlite(run)
         pool = self._pg or await self._open_pg()
         try:
             async with pool.acquire() as conn:
@@ -220,7 +221,7 @@ class Database:
             # Read as SQLAlchemy's errors, so server/errors.py maps them (by
             # SQLSTATE) the same whichever way the read went.
             raise sa.exc.DBAPIError("hot read", None, exc) from exc
-        except asyncpg.InterfaceError as exc:
+        except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
             # A connection lost mid-call; OSError and TimeoutError (pool,
             # command timeout) pass as they are: both are outages.
             raise sa.exc.OperationalError("hot read", None, exc) from exc
