@@ -29,6 +29,7 @@ from server.admin import store as admin_store
 from server.admin.service import AdminServicer
 from server.clock import now
 from server.context import Context
+from server.envnum import env_seconds
 from server.events import audit
 from server.events.relay import Relay, RelaySettings
 from server.interceptors import AccessLogInterceptor
@@ -56,18 +57,7 @@ def purge_interval(env: Mapping[str, str]) -> float:
     """IDENTIFY_PURGE_SECONDS: how often each process runs the purges
     (expired tokens, deleted projects, stale anonymous users, audit events
     past retention); the default suits production, tests shorten it."""
-    raw = env.get("IDENTIFY_PURGE_SECONDS", "")
-    if not raw:
-        return PURGE_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if not 0 < value <= 86400:
-        raise ValueError(
-            "IDENTIFY_PURGE_SECONDS must be a number of seconds, above 0 and at most 86400"
-        )
-    return value
+    return env_seconds(env, "IDENTIFY_PURGE_SECONDS", PURGE_SECONDS, high=86400)
 
 
 class ListenError(OSError):

@@ -484,3 +484,20 @@ def at_run_time(claims: Mapping[str, Any]) -> dict[str, Any]:
         k: now + v[1] if isinstance(v, tuple) and v[:1] == ("now",) else v
         for k, v in claims.items()
     }
+
+
+def user_rows(db_url: str, user_id: str) -> dict[str, Any]:
+    """Every row of one user's (users, devices, logins, identities), to
+    compare before and after a call that must leave it as it was."""
+
+    def run(conn: sa.Connection) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for table in ("users", "devices", "logins", "identities"):
+            rows = conn.execute(
+                sa.text(f"SELECT * FROM {table} WHERE user_id = :u ORDER BY 1, 2, 3"),
+                {"u": user_id},
+            )
+            out[table] = [tuple(r) for r in rows]
+        return out
+
+    return in_store(db_url, run)

@@ -17,7 +17,15 @@ import pytest
 import sqlalchemy as sa
 
 from server.store.schema import audit_events, users
-from tests.harness import Stack, cognito_pool, in_store, moto_cognito, refused, start_stack
+from tests.harness import (
+    Stack,
+    cognito_pool,
+    in_store,
+    moto_cognito,
+    refused,
+    start_stack,
+    user_rows,
+)
 
 REGION = "us-east-1"
 PROJECT = str(uuid.uuid4())  # anonymous + awsCognito
@@ -151,24 +159,8 @@ class World:
         return in_store(self.db, run)
 
 
-def rows_of(db_url: str, user_id: str) -> dict[str, Any]:
-    """Every row of the user's, to compare before and after."""
-
-    def run(conn: sa.Connection) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for table in ("users", "devices", "logins", "identities"):
-            rows = conn.execute(
-                sa.text(f"SELECT * FROM {table} WHERE user_id = :u ORDER BY 1, 2, 3"),
-                {"u": user_id},
-            )
-            out[table] = [tuple(r) for r in rows]
-        return out
-
-    return in_store(db_url, run)
-
-
 def counts_of(db_url: str, user_id: str) -> tuple[int, int]:
-    rows = rows_of(db_url, user_id)
+    rows = user_rows(db_url, user_id)
     return len(rows["devices"]), len(rows["logins"])
 
 
@@ -252,11 +244,11 @@ def test_link_by_access_token_answers_the_profile(world: World) -> None:
     assert [i["provider"] for i in data["linkedIdentities"]] == PROVIDERS
     assert data == world.profile(token)
     # Linking the same identity again changes nothing and answers the same.
-    before = rows_of(world.db, anon["userId"])
+    before = user_rows(world.db, anon["userId"])
     again = world.upgrade("link", anon["profileToken"], token=token)
     assert again.status_code == 200, again.text
     assert again.json()["userId"] == anon["userId"]
-    assert rows_of(world.db, anon["userId"]) == before
+    assert user_rows(world.db, anon["userId"]) == before
 
 
 @pytest.mark.parametrize("signed_up_with_us", [True, False], ids=["sign-up", "hosted-ui"])
@@ -276,11 +268,11 @@ def test_login_with_anonymous_token_upgrades_in_one_step(
     session = world.session(email, anonymousToken=anon["profileToken"])
     assert session["userId"] == anon["userId"]
     assert session["profileToken"] and session["accessToken"]
-    identities = rows_of(world.db, anon["userId"])["identities"]
+    identities = user_rows(world.db, anon["userId"])["identities"]
     assert len(identities) == 2
     if registered is not None:
         # The unused user is a tombstone pointing at the anonymous user.
-        unused = rows_of(world.db, registered)
+        unused = user_rows(world.db, registered)
         assert unused["identities"] == [] and unused["devices"] == [] and unused["logins"] == []
         merged_into = in_store(
             world.db,
@@ -302,8 +294,8 @@ def test_conflict_leaves_the_anonymous_user_exactly_as_it_was(world: World, by: 
     email = world.upstream_user()
     owner = world.session(email)  # the identity's own user exists first
     anon = world.anonymous()
-    before = rows_of(world.db, anon["userId"])
-    owner_before = rows_of(world.db, owner["userId"])
+    before = user_rows(world.db, anon["userId"])
+    owner_before = user_rows(world.db, owner["userId"])
     credential = {"email": email} if by == "password" else {"token": owner["accessToken"]}
     body = refused(
         world.upgrade("link", anon["profileToken"], **credential), 409, "IDENTITY_ALREADY_LINKED"
@@ -311,14 +303,14 @@ def test_conflict_leaves_the_anonymous_user_exactly_as_it_was(world: World, by: 
     info = info_of(body)
     assert info["metadata"]["userId"] == owner["userId"]
     assert info["metadata"]["provider"] == "awsCognito"
-    assert rows_of(world.db, anon["userId"]) == before
-    assert rows_of(world.db, owner["userId"]) == owner_before
+    assert user_rows(world.db, anon["userId"]) == before
+    assert user_rows(world.db, owner["userId"]) == owner_before
     # The same through a login carrying the anonymous token.
     body = refused(
         world.login(email, anonymousToken=anon["profileToken"]), 409, "IDENTITY_ALREADY_LINKED"
     )
     assert info_of(body)["metadata"]["userId"] == owner["userId"]
-    assert rows_of(world.db, anon["userId"]) == before
+    assert user_rows(world.db, anon["userId"]) == before
     # The anonymous device still signs its own user in.
     again = world.anonymous_login(PROJECT, anon["deviceId"])
     assert again.status_code == 200, again.text
@@ -368,7 +360,7 @@ def test_merge_by_password_moves_devices_and_history(
     assert devices == {target["deviceId"], anon["deviceId"], session["deviceId"]}
     assert world.app_profile(target_id) == merged
     # A tombstone, not deleted: no devices, no logins, no identities left.
-    tomb = rows_of(world.db, anon["userId"])
+    tomb = user_rows(world.db, anon["userId"])
     assert len(tomb["users"]) == 1
     assert tomb["devices"] == [] and tomb["logins"] == [] and tomb["identities"] == []
     merged_into = in_store(
@@ -403,13 +395,13 @@ def test_merge_by_password_moves_devices_and_history(
     assert again.json()["mergedUserId"] == anon["userId"]
     assert counts_of(world.db, target_id) == (4, 5)  # only this login's device and login
     # ... and by access token, which signs nobody in: the target's rows unchanged.
-    before = rows_of(world.db, target_id)
+    before = user_rows(world.db, target_id)
     by_token = world.upgrade("merge", anon["profileToken"], token=session["accessToken"], **extra)
     assert by_token.status_code == 200, by_token.text
     assert by_token.json()["message"] == "users were merged already"
     assert by_token.json()["data"]["data"]["userId"] == target_id
-    assert rows_of(world.db, target_id) == before
-    assert rows_of(world.db, anon["userId"]) == tomb
+    assert user_rows(world.db, target_id) == before
+    assert user_rows(world.db, anon["userId"]) == tomb
 
     # The device alone no longer signs in.
     body = refused(world.anonymous_login(PROJECT, anon["deviceId"]), 409, "ACCOUNT_UPGRADED")
@@ -433,11 +425,11 @@ def test_merge_by_access_token_then_again_changes_nothing(world: World) -> None:
     assert data["data"]["userId"] == target["userId"]
     assert {d["deviceId"] for d in data["devices"]} == {target["deviceId"], anon["deviceId"]}
     assert counts_of(world.db, target["userId"]) == (2, 2)
-    before = rows_of(world.db, target["userId"])
+    before = user_rows(world.db, target["userId"])
     again = world.upgrade("merge", anon["profileToken"], token=target["accessToken"])
     assert again.status_code == 200, again.text
     assert again.json()["message"] == "users were merged already"
-    assert rows_of(world.db, target["userId"]) == before
+    assert user_rows(world.db, target["userId"]) == before
 
 
 def test_merge_with_policy_fail_and_two_app_profiles_changes_nothing(world: World) -> None:
@@ -446,8 +438,8 @@ def test_merge_with_policy_fail_and_two_app_profiles_changes_nothing(world: Worl
     anon = world.anonymous()
     world.set_app_profile(anon["userId"], SOURCE_PROFILE)
     world.set_app_profile(target["userId"], TARGET_PROFILE)
-    before = rows_of(world.db, anon["userId"])
-    target_before = rows_of(world.db, target["userId"])
+    before = user_rows(world.db, anon["userId"])
+    target_before = user_rows(world.db, target["userId"])
     for credential in ({"email": email}, {"token": target["accessToken"]}):
         body = refused(
             world.upgrade("merge", anon["profileToken"], policy="fail", **credential),
@@ -455,8 +447,8 @@ def test_merge_with_policy_fail_and_two_app_profiles_changes_nothing(world: Worl
             "APP_PROFILE_CONFLICT",
         )
         assert info_of(body)["metadata"]["policy"] == "fail"
-        assert rows_of(world.db, anon["userId"]) == before
-        assert rows_of(world.db, target["userId"]) == target_before
+        assert user_rows(world.db, anon["userId"]) == before
+        assert user_rows(world.db, target["userId"]) == target_before
     # With only one appProfile, `fail` has nothing to refuse.
     world.set_app_profile(anon["userId"], None)
     reply = world.upgrade("merge", anon["profileToken"], email=email, policy="fail")
@@ -470,10 +462,10 @@ def test_device_login_after_link_is_refused(world: World) -> None:
     anon = world.anonymous()
     linked = world.upgrade("link", anon["profileToken"], email=world.upstream_user())
     assert linked.status_code == 200, linked.text
-    before = rows_of(world.db, anon["userId"])
+    before = user_rows(world.db, anon["userId"])
     body = refused(world.anonymous_login(PROJECT, anon["deviceId"]), 409, "ACCOUNT_UPGRADED")
     assert info_of(body)["metadata"]["provider"] == "awsCognito"
-    assert rows_of(world.db, anon["userId"]) == before
+    assert user_rows(world.db, anon["userId"]) == before
     # And the upgraded user cannot be upgraded again with another account.
     body = refused(
         world.upgrade("link", anon["profileToken"], email=world.upstream_user()),
@@ -488,7 +480,7 @@ def test_wrong_password_is_the_usual_refusal_and_changes_nothing(world: World) -
     email = world.upstream_user()
     usual = refused(world.login(email, WRONG), 401, "INVALID_CREDENTIALS")
     anon = world.anonymous()
-    before = rows_of(world.db, anon["userId"])
+    before = user_rows(world.db, anon["userId"])
     linking = refused(
         world.upgrade("link", anon["profileToken"], email=email, password=WRONG),
         401,
@@ -498,7 +490,7 @@ def test_wrong_password_is_the_usual_refusal_and_changes_nothing(world: World) -
     refused(
         world.login(email, WRONG, anonymousToken=anon["profileToken"]), 401, "INVALID_CREDENTIALS"
     )
-    assert rows_of(world.db, anon["userId"]) == before
+    assert user_rows(world.db, anon["userId"]) == before
     # The right password still links afterwards.
     reply = world.upgrade("link", anon["profileToken"], email=email)
     assert reply.status_code == 200, reply.text
@@ -508,7 +500,7 @@ def test_wrong_password_is_the_usual_refusal_and_changes_nothing(world: World) -
 def test_an_anonymous_token_of_another_project_links_nothing(world: World) -> None:
     anon = world.anonymous(OTHER)
     email = world.upstream_user()
-    before = rows_of(world.db, anon["userId"])
+    before = user_rows(world.db, anon["userId"])
     refused(
         world.upgrade("link", anon["profileToken"], email=email), 401, "INVALID_ANONYMOUS_TOKEN"
     )
@@ -516,7 +508,7 @@ def test_an_anonymous_token_of_another_project_links_nothing(world: World) -> No
         world.upgrade("merge", anon["profileToken"], email=email), 401, "INVALID_ANONYMOUS_TOKEN"
     )
     refused(world.login(email, anonymousToken=anon["profileToken"]), 401, "INVALID_ANONYMOUS_TOKEN")
-    assert rows_of(world.db, anon["userId"]) == before
+    assert user_rows(world.db, anon["userId"]) == before
     # Nothing was linked: the Cognito account signs in as a new user of its own.
     assert world.session(email)["userId"] != anon["userId"]
     # A Cognito user's profileToken is no anonymous token either.

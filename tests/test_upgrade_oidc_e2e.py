@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.webhook_receiver import WebhookReceiver, always
-from tests.harness import Stack, create_admin_key, in_store, refused, start_stack
+from tests.harness import Stack, create_admin_key, in_store, refused, start_stack, user_rows
 
 AUD = "https://api.upgrade-e2e.test"
 PROJECT = str(uuid.uuid4())  # anonymous + authZero + oidc
@@ -78,22 +78,6 @@ class World:
         body = {"projectId": PROJECT, "provider": "authZero", "data": {"appProfile": app_profile}}
         reply = self.http.put("/user", json=body, headers={"Authorization": f"Bearer {bearer}"})
         assert reply.status_code == 200, reply.text
-
-
-def rows_of(db_url: str, user_id: str) -> dict[str, Any]:
-    """Every row of the user's, to compare before and after."""
-
-    def run(conn: sa.Connection) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for table in ("users", "devices", "logins", "identities"):
-            rows = conn.execute(
-                sa.text(f"SELECT * FROM {table} WHERE user_id = :u ORDER BY 1, 2, 3"),
-                {"u": user_id},
-            )
-            out[table] = [tuple(r) for r in rows]
-        return out
-
-    return in_store(db_url, run)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +158,7 @@ def test_conflict_leaves_the_anonymous_user_exactly_as_it_was(world: World) -> N
     owner = world.profile(owner_token)  # the identity's user exists first
     assert owner["linkedIdentities"][0]["provider"] == "authZero"
     anon = world.anonymous()
-    before = rows_of(world.stack.db_url, anon["userId"])
+    before = user_rows(world.stack.db_url, anon["userId"])
     body = refused(
         world.upgrade("link", anon["profileToken"], owner_token), 409, "IDENTITY_ALREADY_LINKED"
     )
@@ -182,7 +166,7 @@ def test_conflict_leaves_the_anonymous_user_exactly_as_it_was(world: World) -> N
     assert info["metadata"]["provider"] == "authZero"
     assert uuid.UUID(info["metadata"]["userId"])
     assert info["metadata"]["userId"] != anon["userId"]
-    assert rows_of(world.stack.db_url, anon["userId"]) == before
+    assert user_rows(world.stack.db_url, anon["userId"]) == before
 
 
 def test_merge_moves_devices_and_history_and_tombstones_the_anonymous_user(world: World) -> None:
@@ -206,7 +190,7 @@ def test_merge_moves_devices_and_history_and_tombstones_the_anonymous_user(world
     assert sorted(i["provider"] for i in profile["linkedIdentities"]) == ["anonymous", "authZero"]
     assert len(profile["loginHistory"]) >= 1
     # Tombstone, not deleted.
-    tomb = rows_of(world.stack.db_url, anon["userId"])
+    tomb = user_rows(world.stack.db_url, anon["userId"])
     assert len(tomb["users"]) == 1 and tomb["devices"] == [] and tomb["logins"] == []
     merged_into = in_store(
         world.stack.db_url,
@@ -216,12 +200,12 @@ def test_merge_moves_devices_and_history_and_tombstones_the_anonymous_user(world
     )
     assert merged_into == target_id
     # Idempotent: the same merge again changes nothing.
-    before = rows_of(world.stack.db_url, target_id)
+    before = user_rows(world.stack.db_url, target_id)
     again = world.upgrade("merge", anon["profileToken"], target_token)
     assert again.status_code == 200, again.text
     assert again.json()["message"] == "users were merged already"
     assert again.json()["userId"] == target_id
-    assert rows_of(world.stack.db_url, target_id) == before
+    assert user_rows(world.stack.db_url, target_id) == before
     # The device alone no longer signs in.
     device_login = {
         "projectId": PROJECT,

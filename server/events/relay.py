@@ -44,6 +44,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from standardwebhooks import Webhook
 
 from server import clock, metrics
+from server.envnum import env_seconds
 from server.events.audit import AuditEvent, event_of
 from server.events.types import matches
 from server.store.db import Database
@@ -93,16 +94,7 @@ class RelaySettings:
         base = cls()
 
         def number(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                value = -1
-            if not 0 < value <= 3600:
-                raise ValueError(f"{name} must be a number of seconds, above 0 and at most 3600")
-            return value
+            return env_seconds(env, name, default, high=3600)
 
         schedule = base.schedule
         raw_schedule = env.get("IDENTIFY_WEBHOOK_RETRY_SCHEDULE")

@@ -22,6 +22,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
+from server.envnum import env_seconds
+
 T = TypeVar("T")
 
 DEFAULT_TTL = 1.0
@@ -30,16 +32,7 @@ ENV = "IDENTIFY_HOT_CACHE_SECONDS"
 
 
 def ttl_from(env: Mapping[str, str]) -> float:
-    raw = env.get(ENV, "")
-    if not raw:
-        return DEFAULT_TTL
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 60:
-        raise ValueError(f"{ENV} must be a number of seconds from 0 (off) to 60")
-    return value
+    return env_seconds(env, ENV, DEFAULT_TTL, high=60, zero_is_off=True)
 
 
 def activity(project_id: str, user_id: str) -> tuple[str, ...]:
