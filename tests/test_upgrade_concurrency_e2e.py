@@ -20,8 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, error_reason, in_store, start_stack
-from tests.test_upgrade_oidc_e2e import rows_of
+from tests.harness import Stack, error_reason, in_store, start_stack, user_rows
 
 AUD = "https://api.upgrade-race.test"
 PROJECT = str(uuid.uuid4())  # anonymous + authZero
@@ -179,7 +178,7 @@ def test_two_links_of_one_anonymous_user_one_wins(world: World) -> None:
         lost = replies[1 - won]
         assert error_reason(lost.json()) == "ACCOUNT_UPGRADED", lost.text
         assert replies[won].json()["userId"] == anon["userId"]
-        rows = rows_of(db, anon["userId"])
+        rows = user_rows(db, anon["userId"])
         assert len(rows["identities"]) == 2
         assert holders_of(db, subs[won]) == [anon["userId"]]
         assert holders_of(db, subs[1 - won]) == []
@@ -200,8 +199,8 @@ def test_a_link_racing_a_merge_one_wins_whole(world: World) -> None:
         )
         assert_no_5xx([link, merge])
         assert sorted([link.status_code, merge.status_code]) == [200, 409], (link.text, merge.text)
-        rows = rows_of(db, anon["userId"])
-        target = rows_of(db, target_id)
+        rows = user_rows(db, anon["userId"])
+        target = user_rows(db, target_id)
         merged_into = user_row(db, anon["userId"]).merged_into
         if link.status_code == 200:
             assert error_reason(merge.json()) == "ACCOUNT_UPGRADED", merge.text
@@ -240,5 +239,5 @@ def test_ten_identical_merges_merge_once(world: World) -> None:
     assert (event["userId"], event["targetUserId"]) == (target_id, target_id)
     assert (event["movedDevices"], event["movedLogins"]) == (1, 1)
     assert user_row(db, anon["userId"]).merged_into == target_id
-    target = rows_of(db, target_id)
+    target = user_rows(db, target_id)
     assert len(target["identities"]) == 2 and len(target["devices"]) == 1

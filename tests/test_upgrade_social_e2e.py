@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from tests.fakes.facebook_graph import FakeGraph, GraphUser
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.fakes.x_api import FakeXApi, XUser
-from tests.harness import Stack, in_store, refused, start_stack
-from tests.test_upgrade_oidc_e2e import rows_of
+from tests.harness import Stack, in_store, refused, start_stack, user_rows
 
 PROJECT = str(uuid.uuid4())  # anonymous + google + facebook + twitter
 CLIENT = "1234-web.apps.googleusercontent.com"
@@ -171,8 +170,8 @@ def test_conflict_leaves_the_anonymous_user_as_it_was(world: World, network: str
     assert first.status_code == 200, first.text
     owner = first.json()["data"]["userId"]
     anon = world.anonymous()
-    before = rows_of(world.stack.db_url, anon["userId"])
-    owner_before = rows_of(world.stack.db_url, owner)
+    before = user_rows(world.stack.db_url, anon["userId"])
+    owner_before = user_rows(world.stack.db_url, owner)
     body = refused(
         world.upgrade("link", network, anon["profileToken"], person()),
         409,
@@ -180,8 +179,8 @@ def test_conflict_leaves_the_anonymous_user_as_it_was(world: World, network: str
     )
     [info] = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")]
     assert (info["metadata"]["userId"], info["metadata"]["provider"]) == (owner, network)
-    assert rows_of(world.stack.db_url, anon["userId"]) == before
-    assert rows_of(world.stack.db_url, owner) == owner_before
+    assert user_rows(world.stack.db_url, anon["userId"]) == before
+    assert user_rows(world.stack.db_url, owner) == owner_before
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -205,11 +204,11 @@ def test_merge_moves_devices_and_logins(world: World, network: str) -> None:
     )
     assert all(d["userId"] == owner for d in data["devices"])
     assert len(data["loginHistory"]) == 3
-    tomb = rows_of(world.stack.db_url, anon["userId"])
+    tomb = user_rows(world.stack.db_url, anon["userId"])
     assert len(tomb["users"]) == 1
     assert (tomb["devices"], tomb["logins"], tomb["identities"]) == ([], [], [])
     assert merged_into(world.stack.db_url, anon["userId"]) == owner
-    moved = rows_of(world.stack.db_url, owner)
+    moved = user_rows(world.stack.db_url, owner)
     assert len(moved["devices"]) == 2 and len(moved["logins"]) == 3
     # The network's check now finds the merged user with both identities.
     check = world.check(network, person())
@@ -234,14 +233,14 @@ def test_a_second_permanent_identity_is_refused_after_the_upgrade(world: World) 
     anon = world.anonymous()
     linked = world.upgrade("link", "google", anon["profileToken"], world.person("google")())
     assert linked.status_code == 200, linked.text
-    before = rows_of(world.stack.db_url, anon["userId"])
+    before = user_rows(world.stack.db_url, anon["userId"])
     fb = world.person("facebook")
     body = refused(
         world.upgrade("link", "facebook", anon["profileToken"], fb()), 409, "ACCOUNT_UPGRADED"
     )
     [info] = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")]
     assert info["metadata"]["provider"] == "google"
-    assert rows_of(world.stack.db_url, anon["userId"]) == before
+    assert user_rows(world.stack.db_url, anon["userId"]) == before
     # The facebook identity was attached to nobody: its check makes a new user.
     check = world.check("facebook", fb())
     assert check.status_code == 200, check.text
