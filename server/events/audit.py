@@ -157,11 +157,10 @@ _SQLITE_INSERT = (
 )
 
 
-def record(conn: sa.Connection, event: AuditEvent) -> None:
-    """Write `event` in the caller's transaction (a Database.write function's
-    connection): it commits or rolls back with the change it records."""
+def _values(event: AuditEvent) -> tuple[Any, ...]:
+    """The event's columns (_COLUMNS but data), checked and bounded."""
     _check(event)
-    values = (
+    return (
         event.project_id,
         event.event_id,
         event.type,
@@ -173,6 +172,16 @@ def record(conn: sa.Connection, event: AuditEvent) -> None:
         event.client_ip[:64] if event.client_ip else None,
         event.reason[:64] if event.reason else None,
     )
+
+
+def _data_text(event: AuditEvent) -> str | None:
+    return json.dumps(dict(event.data), separators=(",", ":")) if event.data else None
+
+
+def record(conn: sa.Connection, event: AuditEvent) -> None:
+    """Write `event` in the caller's transaction (a Database.write function's
+    connection): it commits or rolls back with the change it records."""
+    values = _values(event)
     if conn.dialect.name != "sqlite":
         row = dict(zip(_COLUMNS[:-1], values, strict=True))
         conn.execute(_INSERT, {**row, "data": dict(event.data) if event.data else None})
@@ -181,13 +190,26 @@ def record(conn: sa.Connection, event: AuditEvent) -> None:
     # on the transaction's own connection (~20 us, where SQLAlchemy's
     # compiled insert costs ~40-80 us here), its errors wrapped as
     # SQLAlchemy's so server/errors.py reads them the same.
-    data = json.dumps(dict(event.data), separators=(",", ":")) if event.data else None
     try:
-        conn.connection.driver_connection.execute(_SQLITE_INSERT, (*values, data))  # type: ignore[union-attr]
+        conn.connection.driver_connection.execute(_SQLITE_INSERT, (*values, _data_text(event)))  # type: ignore[union-attr]
     except sqlite3.Error as exc:
         raise sa.exc.DBAPIError.instance(
             _SQLITE_INSERT, None, exc, sqlite3.Error, hide_parameters=True
         ) from exc
+
+
+# The event as one part of a hot write (server/store/db.py HotWrite): its
+# binds are the columns' names after HOT_PREFIX, so they never meet the
+# other parts' binds; `hot_params` gives their values.
+HOT_PREFIX = "audit_"
+HOT_INSERT = audit_events.insert().values(
+    {name: sa.bindparam(HOT_PREFIX + name) for name in _COLUMNS}
+)
+
+
+def hot_params(event: AuditEvent) -> dict[str, Any]:
+    values = (*_values(event), _data_text(event))
+    return {HOT_PREFIX + name: value for name, value in zip(_COLUMNS, values, strict=True)}
 
 
 async def record_alone(database: Database, event: AuditEvent) -> None:

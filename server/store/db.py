@@ -7,10 +7,12 @@ how each is driven (sqlite3 in-thread, asyncpg) is decided here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
+import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
@@ -101,6 +104,11 @@ def _begin_immediate(conn: sa.Connection) -> None:
 
 SQLITE_BUSY_MS = 5
 SQLITE_WRITE_PATIENCE = 10.0
+# Back-off between tries while another process holds SQLite's write lock: its
+# transactions last well under a millisecond, so a long sleep only adds
+# latency (the p99 of writes with two processes).
+SQLITE_RETRY_FIRST_S = 0.001
+SQLITE_RETRY_MAX_S = 0.008
 # Wraps each read or write, given "read" or "write" and the function run:
 # set by server/tracing when traces are on (one span per store operation).
 Observer = Callable[[str, Callable[..., Any]], AbstractContextManager[object]]
@@ -125,15 +133,17 @@ class Database:
         self.dialect = self.url.dialect
         self._write_lock = asyncio.Lock()
         self._reader: sa.Connection | None = None
+        self._hot_writer: Any = None  # the pool's proxy of one sqlite3 connection
         self.observe: Observer | None = None
         if self.dialect == "sqlite":
             path = self.url.sqlite_path()
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             sync_url = sa.engine.make_url(self.url.driver_url).set(drivername="sqlite")
-            # One more than asked: the long-lived reader keeps one for itself.
+            # Two more than asked: the long-lived reader and hot writer keep
+            # one each for themselves.
             self._sync = sa.create_engine(
-                sync_url, pool_size=pool_size + 1, max_overflow=0, hide_parameters=True
+                sync_url, pool_size=pool_size + 2, max_overflow=0, hide_parameters=True
             )
             event.listen(self._sync, "connect", _sqlite_pragmas)
             self._sync_writer = self._sync.execution_options()
@@ -211,20 +221,12 @@ class Database:
         if self._async is None:
             return self._read_sqlite(run)
         pool = self._pg or await self._open_pg()
-        try:
+        with _asyncpg_errors("hot read"):
             async with pool.acquire() as conn:
                 return [
                     [q.row(r) for r in await conn.fetch(q.pg_sql, *q.pg_args(params))]
                     for q, params in queries
                 ]
-        except asyncpg.PostgresError as exc:
-            # Read as SQLAlchemy's errors, so server/errors.py maps them (by
-            # SQLSTATE) the same whichever way the read went.
-            raise sa.exc.DBAPIError("hot read", None, exc) from exc
-        except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
-            # A connection lost mid-call; OSError and TimeoutError (pool,
-            # command timeout) pass as they are: both are outages.
-            raise sa.exc.OperationalError("hot read", None, exc) from exc
 
     async def _open_pg(self) -> asyncpg.Pool:
         async with self._pg_opening:
@@ -239,6 +241,66 @@ class Database:
                 )
         return self._pg
 
+    async def write_hot(self, hot: HotWrite, params: Mapping[str, Any]) -> Any:
+        """Runs `hot` (a login's device, login and audit rows) on the drivers
+        directly; returns the first column of its first part's RETURNING.
+        On PostgreSQL its parts are one statement (data-modifying CTEs): one
+        round trip, atomic on its own. On SQLite they run in turn in one
+        BEGIN IMMEDIATE transaction on a long-lived sqlite3 connection: the
+        SQLAlchemy pool checkout, transaction events and statement
+        compilation cost several times the statements themselves."""
+        if self.observe is not None:
+            with self.observe("write", self.write_hot):
+                return await self._write_hot(hot, params)
+        return await self._write_hot(hot, params)
+
+    async def _write_hot(self, hot: HotWrite, params: Mapping[str, Any]) -> Any:
+        if self._async is not None:
+            pool = self._pg or await self._open_pg()
+            with _asyncpg_errors("hot write"):
+                async with pool.acquire() as conn:
+                    return await conn.fetchval(hot.pg_sql, *hot.pg_args(params))
+        return await self._sqlite_turn(lambda: self._hot_sqlite(hot, params))
+
+    def _hot_sqlite(self, hot: HotWrite, params: Mapping[str, Any]) -> Any:
+        if self._hot_writer is None or not self._hot_writer.is_valid:
+            self._hot_writer = self._sync.raw_connection()
+        db: sqlite3.Connection = self._hot_writer.driver_connection
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _sqlite_error("BEGIN IMMEDIATE", exc) from exc
+        try:
+            first, *rest = hot.sqlite
+            row = db.execute(first.sql, first.args(params)).fetchone()
+            for part in rest:
+                db.execute(part.sql, part.args(params))
+            db.execute("COMMIT")
+        except BaseException as exc:
+            # A connection that failed mid-transaction is not trusted again.
+            self._hot_writer.invalidate()
+            self._hot_writer = None
+            if isinstance(exc, sqlite3.Error):
+                raise _sqlite_error(hot.sqlite[0].sql, exc) from exc
+            raise
+        return row[0] if row is not None else None
+
+    async def _sqlite_turn(self, run: Callable[[], T]) -> T:
+        """`run` (one SQLite write transaction) in this process's turn; while
+        another process holds the write lock, tried again after a short
+        asyncio.sleep, never blocking the loop in SQLite's busy handler."""
+        async with self._write_lock:
+            deadline = time.monotonic() + SQLITE_WRITE_PATIENCE
+            delay = SQLITE_RETRY_FIRST_S
+            while True:
+                try:
+                    return run()
+                except sa.exc.OperationalError as exc:
+                    if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SQLITE_RETRY_MAX_S)
+
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
         if self.observe is not None:
             with self.observe("write", fn):
@@ -249,20 +311,12 @@ class Database:
         if self._async is not None:
             async with self._async.begin() as aconn:
                 return await aconn.run_sync(fn)
-        async with self._write_lock:
-            deadline = time.monotonic() + SQLITE_WRITE_PATIENCE
-            delay = 0.002
-            while True:
-                try:
-                    with self._sync_writer.begin() as conn:
-                        return fn(conn)
-                except sa.exc.OperationalError as exc:
-                    # Another process holds the write lock; wait without
-                    # blocking the loop, then try again.
-                    if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                        raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+
+        def run() -> T:
+            with self._sync_writer.begin() as conn:
+                return fn(conn)
+
+        return await self._sqlite_turn(run)
 
     async def dispose(self) -> None:
         if self._async is not None:
@@ -274,6 +328,9 @@ class Database:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._hot_writer is not None:
+            self._hot_writer.close()
+            self._hot_writer = None
         self._sync.dispose()
 
 
@@ -283,17 +340,14 @@ class HotQuery:
 
     def __init__(self, statement: sa.Select[Any]) -> None:
         self.statement = statement
-        compiled = statement.compile(dialect=asyncpg_dialect())  # type: ignore[no-untyped-call]
-        self.pg_sql = str(compiled)
-        self._names = tuple(compiled.positiontup or ())
-        # Values the statement fixes itself (a LIMIT), by bind name.
-        self._fixed = {k: v for k, v in compiled.params.items() if v is not None}
+        self._pg = _Compiled.of(statement, asyncpg_dialect())  # type: ignore[no-untyped-call]
+        self.pg_sql = self._pg.sql
         self._json = frozenset(
             c.name for c in statement.selected_columns if isinstance(c.type, sa.JSON)
         )
 
     def pg_args(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] if name in params else self._fixed[name] for name in self._names]
+        return self._pg.args(params)
 
     def row(self, record: Any) -> _Row:
         values = dict(record.items())
@@ -302,6 +356,63 @@ class HotQuery:
             if isinstance(raw, str):
                 values[name] = json.loads(raw)
         return _Row(values)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One statement as a driver takes it: its SQL and its binds' order."""
+
+    sql: str
+    names: tuple[str, ...]
+    # Values the statement fixes itself (a LIMIT), by bind name.
+    fixed: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, statement: Any, dialect: Any) -> _Compiled:
+        compiled = statement.compile(dialect=dialect)
+        return cls(
+            str(compiled),
+            tuple(compiled.positiontup or ()),
+            {k: v for k, v in compiled.params.items() if v is not None},
+        )
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[name] if name in params else self.fixed[name] for name in self.names]
+
+
+class HotWrite:
+    """A hot write: INSERTs/upserts written once in SQLAlchemy Core, the
+    first with a RETURNING, compiled once for each driver (Database.write_hot).
+    Its params are plain values: a JSON column's value comes as JSON text."""
+
+    def __init__(self, first: Any, *rest: Any) -> None:
+        self.sqlite = [_Compiled.of(part, sqlite_dialect()) for part in (first, *rest)]  # type: ignore[no-untyped-call]
+        combined = sa.select(*first.cte("hot_0").c).add_cte(
+            *(part.cte(f"hot_{i}") for i, part in enumerate(rest, 1))
+        )
+        self._pg = _Compiled.of(combined, asyncpg_dialect())  # type: ignore[no-untyped-call]
+        self.pg_sql = self._pg.sql
+
+    def pg_args(self, params: Mapping[str, Any]) -> list[Any]:
+        return self._pg.args(params)
+
+
+@contextlib.contextmanager
+def _asyncpg_errors(what: str) -> Iterator[None]:
+    """asyncpg's errors read as SQLAlchemy's, so server/errors.py maps them
+    (by SQLSTATE) the same whichever way the call went."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        raise sa.exc.DBAPIError(what, None, exc) from exc
+    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+        # A connection lost mid-call; OSError and TimeoutError (pool,
+        # command timeout) pass as they are: both are outages.
+        raise sa.exc.OperationalError(what, None, exc) from exc
+
+
+def _sqlite_error(statement: str, exc: sqlite3.Error) -> sa.exc.StatementError:
+    return sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error, hide_parameters=True)
 
 
 class _Row:

@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from providers.values import AlreadyExists, FailedPrecondition, Identity, NotFound, User
 from server.events.audit import AuditEvent, record
 from server.store.db import Database
-from server.store.repo import IDENTITIES, identity_from_row, insert_identity, with_row
+from server.store.repo import (
+    HOT_IDENTITIES,
+    IDENTITIES,
+    identity_from_row,
+    insert_identity,
+    with_row,
+)
 from server.store.schema import devices, identities, logins, users
 
 ANONYMOUS = "anonymous"
@@ -84,7 +90,9 @@ def _still_anonymous(conn: sa.Connection, project_id: str, source_id: str) -> An
 
 
 async def identities_of(database: Database, project_id: str, user_id: str) -> list[Identity]:
-    return await database.read(lambda conn: _identities(conn, project_id, user_id))
+    # A hot read: every anonymous login asks it (is the device's user upgraded?).
+    (rows,) = await database.fetch((HOT_IDENTITIES, {"project_id": project_id, "user_id": user_id}))
+    return [identity_from_row(r) for r in rows]
 
 
 async def source_state(database: Database, project_id: str, user_id: str) -> Any:

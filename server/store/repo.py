@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from providers.values import Device, Identity, User
-from server.events.audit import AuditEvent, record
-from server.store.db import Database, HotQuery
+from server.events.audit import HOT_INSERT, AuditEvent, hot_params, record
+from server.store.db import Database, HotQuery, HotWrite
 from server.store.schema import (
     credential_failures,
     devices,
@@ -475,7 +475,10 @@ def _device_upsert(dialect: str) -> Any:
     ).returning(devices.c.sign_up)
 
 
-_DEVICE_UPSERT = {dialect: _device_upsert(dialect) for dialect in ("sqlite", "postgresql")}
+# Every login writes these three rows: the hot write of the sign-in paths, one
+# statement on PostgreSQL (server/store/db.py HotWrite).
+_RECORD_LOGIN = HotWrite(_device_upsert("postgresql"), _INSERT_LOGIN)
+_RECORD_LOGIN_AUDITED = HotWrite(_device_upsert("postgresql"), _INSERT_LOGIN, HOT_INSERT)
 
 
 async def record_login(
@@ -496,16 +499,11 @@ async def record_login(
         "signature": signature,
         "login_id": str(uuid.uuid4()),
     }
-
-    def run(conn: sa.Connection) -> int:
-        sign_up = conn.execute(_DEVICE_UPSERT[conn.dialect.name], params).scalar_one()
-        conn.execute(_INSERT_LOGIN, params)
-        if event is not None:
-            record(conn, event)
-        return int(sign_up)
-
-    sign_up = await database.write(run)
-    return Device(device_id, sign_up, now, now, signature)
+    if event is None:
+        sign_up = await database.write_hot(_RECORD_LOGIN, params)
+    else:
+        sign_up = await database.write_hot(_RECORD_LOGIN_AUDITED, {**params, **hot_params(event)})
+    return Device(device_id, int(sign_up), now, now, signature)
 
 
 _DEVICES = (
@@ -550,7 +548,7 @@ async def profile_rows(database: Database, project_id: str, user_id: str) -> Pro
     """One connection, three index range scans."""
     key = {"project_id": project_id, "user_id": user_id}
     found, history, linked = await database.fetch(
-        (_HOT_DEVICES, key), (_HOT_HISTORY, key), (_HOT_IDENTITIES, key)
+        (_HOT_DEVICES, key), (_HOT_HISTORY, key), (HOT_IDENTITIES, key)
     )
     return ProfileRows(
         [Device(r.device_id, r.sign_up, r.last_login, r.time_stamp, r.signature) for r in found],
@@ -559,9 +557,7 @@ async def profile_rows(database: Database, project_id: str, user_id: str) -> Pro
     )
 
 
-_HOT_DEVICES, _HOT_HISTORY, _HOT_IDENTITIES = (
-    HotQuery(q) for q in (_DEVICES, _HISTORY, IDENTITIES)
-)
+_HOT_DEVICES, _HOT_HISTORY, HOT_IDENTITIES = (HotQuery(q) for q in (_DEVICES, _HISTORY, IDENTITIES))
 
 
 # ------------------------------------------------- revoked and issued tokens
