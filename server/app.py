@@ -10,6 +10,7 @@ import signal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import httpx
@@ -32,7 +33,7 @@ from server.context import Context
 from server.envnum import env_seconds
 from server.events import audit
 from server.events.relay import Relay, RelaySettings
-from server.interceptors import AccessLogInterceptor
+from server.interceptors import Registrar, Wrap, access_log
 from server.keys import KeyStore
 from server.metrics import upstream
 from server.projects import LoadedProject, ProjectCache
@@ -177,12 +178,11 @@ class Service:
         # The schema was checked by bootstrap (serve) or by the supervisor
         # (up) before this process started; workers skip alembic entirely.
         await self.keys.signer()
-        interceptors: list[grpc.aio.ServerInterceptor] = [AccessLogInterceptor()]
+        wraps: list[Wrap] = [access_log]
         if self.tracing is not None:
             # Inside the access log's, so the call's Call is there to read.
-            interceptors.append(self.tracing.interceptor)
+            wraps.append(self.tracing.wrap)
         server = grpc.aio.server(
-            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", 1 << 20),
                 # Envoy passes up to 60 KiB of headers; gRPC's defaults (8 KiB
@@ -195,16 +195,19 @@ class Service:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        registrar: Any = Registrar(server, wraps)
         identify_pb2_grpc.add_IdentifyServicer_to_server(
             IdentifyServicer(self.registry, self.projects, self.keys, self.database, self.hot),
-            server,
+            registrar,
         )
         # On the same ports; the edge routes it only from its admin listener,
         # and reflection (reachable through the public edge) leaves it out.
         admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.database, self.registry, self.projects, self.hot), server
+            AdminServicer(self.database, self.registry, self.projects, self.hot), registrar
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+        # Straight on the server: reflection checks it is a grpc.aio one,
+        # and its streams were never wrapped.
         reflection.enable_server_reflection(
             (
                 SERVICE,

@@ -12,6 +12,8 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+import uvloop
+
 from providers.registry import Registry
 from server import config as config_mod
 from server import edge, logs, metrics
@@ -99,7 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service = Service(_settings(args, url, args.grpc_port), db.open_database(url))
         await serve(service, lifecycle_level=logging.DEBUG if args.supervised else logging.INFO)
 
-    asyncio.run(main())
+    # uvloop: every call's scheduling (gRPC's completion callbacks, tasks,
+    # asyncpg's sockets) costs less on it than on asyncio's own loop.
+    uvloop.run(main())
     return 0
 
 

@@ -149,7 +149,7 @@ def purge(db_url: str, *, before_write: Callable[[], None] | None = None, **kwar
     writes = 0
 
     @contextlib.contextmanager
-    def observe(kind: str, _fn: Any) -> Iterator[None]:
+    def observe(kind: str, _asker: str) -> Iterator[None]:
         nonlocal writes
         if kind == "write":
             writes += 1

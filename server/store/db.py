@@ -109,9 +109,14 @@ SQLITE_WRITE_PATIENCE = 10.0
 # latency (the p99 of writes with two processes).
 SQLITE_RETRY_FIRST_S = 0.001
 SQLITE_RETRY_MAX_S = 0.008
-# Wraps each read or write, given "read" or "write" and the function run:
-# set by server/tracing when traces are on (one span per store operation).
-Observer = Callable[[str, Callable[..., Any]], AbstractContextManager[object]]
+# Wraps each read or write, given "read" or "write" and the name of the repo
+# function that asked (`get_project`): set by server/tracing when traces are
+# on (one span per store operation).
+Observer = Callable[[str, str], AbstractContextManager[object]]
+
+
+def _asker(fn: Callable[..., Any]) -> str:
+    return fn.__qualname__.partition(".<locals>")[0]
 
 
 class Database:
@@ -178,7 +183,7 @@ class Database:
 
     async def read(self, fn: Callable[[sa.Connection], T]) -> T:
         if self.observe is not None:
-            with self.observe("read", fn):
+            with self.observe("read", _asker(fn)):
                 return await self._read(fn)
         return await self._read(fn)
 
@@ -208,18 +213,15 @@ class Database:
         run_sync bridge cost ~3x the query itself. On SQLite, the loop's
         long-lived reader."""
         if self.observe is not None:
-            with self.observe("read", self.fetch):
+            with self.observe("read", "Database.fetch"):
                 return await self._fetch(queries)
         return await self._fetch(queries)
 
     async def _fetch(
         self, queries: Sequence[tuple[HotQuery, Mapping[str, Any]]]
     ) -> list[list[Any]]:
-        def run(conn: sa.Connection) -> list[list[Any]]:
-            return [list(conn.execute(q.statement, params)) for q, params in queries]
-
         if self._async is None:
-            return self._read_sqlite(run)
+            return self._read_sqlite(lambda conn: _fetch_sqlite3(conn, queries))
         pool = self._pg or await self._open_pg()
         with _asyncpg_errors("hot read"):
             async with pool.acquire() as conn:
@@ -250,7 +252,7 @@ class Database:
         SQLAlchemy pool checkout, transaction events and statement
         compilation cost several times the statements themselves."""
         if self.observe is not None:
-            with self.observe("write", self.write_hot):
+            with self.observe("write", hot.name):
                 return await self._write_hot(hot, params)
         return await self._write_hot(hot, params)
 
@@ -303,7 +305,7 @@ class Database:
 
     async def write(self, fn: Callable[[sa.Connection], T]) -> T:
         if self.observe is not None:
-            with self.observe("write", fn):
+            with self.observe("write", _asker(fn)):
                 return await self._write(fn)
         return await self._write(fn)
 
@@ -336,12 +338,15 @@ class Database:
 
 class HotQuery:
     """A hot SELECT, written once in SQLAlchemy Core and compiled once for
-    asyncpg (`$1` placeholders, JSON columns decoded as SQLAlchemy would)."""
+    each driver (asyncpg's `$1`, sqlite3's `?`), its rows read like
+    SQLAlchemy's (`row.user_id`, JSON columns decoded as SQLAlchemy would)."""
 
     def __init__(self, statement: sa.Select[Any]) -> None:
         self.statement = statement
         self._pg = _Compiled.of(statement, asyncpg_dialect())  # type: ignore[no-untyped-call]
         self.pg_sql = self._pg.sql
+        self.sqlite = _Compiled.of(statement, sqlite_dialect())  # type: ignore[no-untyped-call]
+        self._names = tuple(statement.selected_columns.keys())
         self._json = frozenset(
             c.name for c in statement.selected_columns if isinstance(c.type, sa.JSON)
         )
@@ -350,7 +355,13 @@ class HotQuery:
         return self._pg.args(params)
 
     def row(self, record: Any) -> _Row:
-        values = dict(record.items())
+        """An asyncpg record's row."""
+        return self._decoded(dict(record.items()))
+
+    def sqlite_row(self, values: tuple[Any, ...]) -> _Row:
+        return self._decoded(dict(zip(self._names, values, strict=True)))
+
+    def _decoded(self, values: dict[str, Any]) -> _Row:
         for name in self._json:
             raw = values.get(name)
             if isinstance(raw, str):
@@ -385,7 +396,8 @@ class HotWrite:
     first with a RETURNING, compiled once for each driver (Database.write_hot).
     Its params are plain values: a JSON column's value comes as JSON text."""
 
-    def __init__(self, first: Any, *rest: Any) -> None:
+    def __init__(self, name: str, first: Any, *rest: Any) -> None:
+        self.name = name  # the repo function's, for traces
         self.sqlite = [_Compiled.of(part, sqlite_dialect()) for part in (first, *rest)]  # type: ignore[no-untyped-call]
         combined = sa.select(*first.cte("hot_0").c).add_cte(
             *(part.cte(f"hot_{i}") for i, part in enumerate(rest, 1))
@@ -395,6 +407,22 @@ class HotWrite:
 
     def pg_args(self, params: Mapping[str, Any]) -> list[Any]:
         return self._pg.args(params)
+
+
+def _fetch_sqlite3(
+    conn: sa.Connection, queries: Sequence[tuple[HotQuery, Mapping[str, Any]]]
+) -> list[list[Any]]:
+    """`queries` on the reader's own sqlite3 connection: SQLAlchemy's execute
+    and row processing cost several times an indexed read here."""
+    db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    out = []
+    for query, params in queries:
+        try:
+            rows = db.execute(query.sqlite.sql, query.sqlite.args(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise _sqlite_error(query.sqlite.sql, exc) from exc
+        out.append([query.sqlite_row(r) for r in rows])
+    return out
 
 
 @contextlib.contextmanager

@@ -477,8 +477,10 @@ def _device_upsert(dialect: str) -> Any:
 
 # Every login writes these three rows: the hot write of the sign-in paths, one
 # statement on PostgreSQL (server/store/db.py HotWrite).
-_RECORD_LOGIN = HotWrite(_device_upsert("postgresql"), _INSERT_LOGIN)
-_RECORD_LOGIN_AUDITED = HotWrite(_device_upsert("postgresql"), _INSERT_LOGIN, HOT_INSERT)
+_RECORD_LOGIN = HotWrite("record_login", _device_upsert("postgresql"), _INSERT_LOGIN)
+_RECORD_LOGIN_AUDITED = HotWrite(
+    "record_login", _device_upsert("postgresql"), _INSERT_LOGIN, HOT_INSERT
+)
 
 
 async def record_login(

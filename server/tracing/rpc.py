@@ -1,7 +1,7 @@
 """A server span per RPC, continuing the caller's trace (Envoy's, from the
 `traceparent` it sends, or a native gRPC client's).
 
-Installed inside the access-log interceptor, so the call's `Call` is there
+Wrapped inside the access log (server/interceptors.py), so the call's `Call` is there
 to read: the span carries the RPC, its gRPC status, and the project,
 provider and refusal reason only once the servicer has validated them.
 Never metadata values, request or reply bodies, nor exception text (which
@@ -10,14 +10,13 @@ may quote them)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from server.interceptors import why_gone
+from server.interceptors import Wrap, why_gone
 from server.requestctx import call_var
 
 # Envoy checks every backend's health each second: a trace each would bury
@@ -37,38 +36,30 @@ _SERVER_ERRORS = frozenset(
 )
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tracer: trace.Tracer) -> None:
-        self._tracer = tracer
+def traced(tracer: trace.Tracer) -> Wrap:
+    """The wrapper (server/interceptors.py Registrar) that gives each call
+    a server span."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_UNTRACED):
+    def wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+        if handler.unary_unary is None or method.startswith(_UNTRACED):
             return handler
         inner = handler.unary_unary
         name = method.lstrip("/")
         service, _, rpc = name.partition("/")
-        # Only the two W3C headers are read: the propagator needs no more.
-        carrier = {
-            key: value
-            for key, value in handler_call_details.invocation_metadata or ()
-            if key in ("traceparent", "tracestate") and isinstance(value, str)
-        }
-        tracer = self._tracer
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
 
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def traced_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            # Only the two W3C headers are read: the propagator needs no more.
+            carrier = {
+                key: value
+                for key, value in context.invocation_metadata() or ()
+                if key in ("traceparent", "tracestate") and isinstance(value, str)
+            }
             with tracer.start_as_current_span(
                 name,
                 context=propagate.extract(carrier),
                 kind=SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
+                attributes=attributes,
                 record_exception=False,
                 set_status_on_exception=False,
             ) as span:
@@ -90,10 +81,12 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                     _finish(span, code)
 
         return grpc.unary_unary_rpc_method_handler(
-            traced,
+            traced_call,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    return wrap
 
 
 def _finish(span: trace.Span, code: grpc.StatusCode) -> None:

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from server.store.db import Database
-from server.tracing.rpc import TracingInterceptor
+from server.tracing.rpc import traced
 from server.tracing.settings import GRPC, Otlp
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Tracing:
         self._provider.add_span_processor(BatchSpanProcessor(_exporter(otlp)))
         trace.set_tracer_provider(self._provider)
         tracer = self._provider.get_tracer("identify")
-        self.interceptor = TracingInterceptor(tracer)
+        self.wrap = traced(tracer)
         database.observe = _store_spans(tracer, database.dialect)
         HTTPXClientInstrumentor.instrument_client(
             http, tracer_provider=self._provider, request_hook=_url_without_query
@@ -81,18 +81,17 @@ def _exporter(otlp: Otlp) -> SpanExporter:
     return HttpExporter(endpoint=otlp.endpoint)
 
 
-def _store_spans(tracer: trace.Tracer, dialect: str) -> Callable[[str, Callable[..., Any]], Any]:
+def _store_spans(tracer: trace.Tracer, dialect: str) -> Callable[[str, str], Any]:
     """A span per Database.read or write, named after the repo function
     that asked (`store.get_project`): never a statement's parameters. Only
     within a trace: background work (the webhook relay's polls, the purges)
     would otherwise start a trace of its own every second in every process."""
 
     @contextmanager
-    def observe(access: str, fn: Callable[..., Any]) -> Iterator[trace.Span]:
+    def observe(access: str, query: str) -> Iterator[trace.Span]:
         if not trace.get_current_span().get_span_context().is_valid:
             yield trace.INVALID_SPAN
             return
-        query = fn.__qualname__.partition(".<locals>")[0]
         with tracer.start_as_current_span(
             f"store.{query}",
             kind=SpanKind.CLIENT,
