@@ -209,6 +209,9 @@ class Route(Generic[Q, T, R]):
     # validation maps to statuses like everything else.
     fields: Callable[[Q], Fields]
     reply: Callable[[Request, T], R]
+    # Run detached (server/detached.py), so a client hanging up cannot cut
+    # it; a read whose client is gone may just stop, and saves the task.
+    detached: bool = True
 
 
 CREATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
@@ -218,6 +221,7 @@ GET_USER: Route[pb.GetUserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.get_user(req),
     lambda m: {"external_id": bounded_id(m.external_id, "externalId")},
     _user_reply,
+    detached=False,
 )
 UPDATE_USER: Route[pb.UserRequest, Reply, pb.UserReply] = Route(
     lambda p, req: p.update_user(req), _body, _user_reply
@@ -491,7 +495,7 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
             await calls.after_success(self._database)
             return reply
 
-        return await self._run(context, work)
+        return await self._run(context, work, detached=route.detached)
 
     async def _upgrade(
         self,
@@ -541,9 +545,11 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
         )
         return loaded, instance, req
 
-    async def _run(self, context: Ctx, work: Callable[[], Awaitable[R]]) -> R:
+    async def _run(
+        self, context: Ctx, work: Callable[[], Awaitable[R]], *, detached: bool = True
+    ) -> R:
         try:
-            return await self._detached.run(work())
+            return await (self._detached.run(work()) if detached else work())
         except Exception as exc:
             status = errors.to_status(exc, request_id())
             if calls.records_refusal():
