@@ -78,27 +78,30 @@ def project_id_arg(value: str) -> str:
 
 
 def _caller(context: Ctx) -> tuple[str | None, str]:
-    """The bearer token (bounded like every token) and the client's IP."""
-    bearer: str | None = None
+    """The raw Authorization header (None when absent) and the client's IP,
+    in one pass over the metadata."""
+    authorization: str | None = None
+    client_ip: str | None = None
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
-            text = value if isinstance(value, str) else value.decode()
-            scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated(
-                    "MALFORMED_AUTHORIZATION", "the Authorization header must be 'Bearer <token>'"
-                )
-            bearer = bounded_token(token.strip(), "authorization")
-    return bearer, _client_ip(context)
-
-
-def _client_ip(context: Ctx) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_IP_HEADER:
+            authorization = value if isinstance(value, str) else value.decode()
+        elif key == CLIENT_IP_HEADER:
             # Set by the edge (behind --trusted-proxies); direct gRPC callers
             # reach the servers without it, so their peer address counts.
-            return (value if isinstance(value, str) else value.decode())[:64]
-    return _peer_ip(context.peer())
+            client_ip = (value if isinstance(value, str) else value.decode())[:64]
+    return authorization, client_ip if client_ip is not None else _peer_ip(context.peer())
+
+
+def _bearer(authorization: str | None) -> str | None:
+    """The bearer token (bounded like every token) of an Authorization header."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "MALFORMED_AUTHORIZATION", "the Authorization header must be 'Bearer <token>'"
+        )
+    return bounded_token(token.strip(), "authorization")
 
 
 def _named_device(request: Any) -> str | None:
@@ -380,8 +383,9 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
                     "MISSING_PROVIDER", "provider is required", metadata={"field": "provider"}
                 )
             external_id = id_arg(request.external_id, "externalId")
-            bearer, client_ip = _caller(context)
+            authorization, client_ip = _caller(context)
             calls.note_caller(client_ip, None)
+            bearer = _bearer(authorization)
             loaded = await self._project(project_id)
             if not bearer:
                 raise Unauthenticated(
@@ -529,11 +533,12 @@ class IdentifyServicer(identify_pb2_grpc.IdentifyServicer):
     ) -> tuple[LoadedProject, Provider[Any], Request]:
         """The common fields checked, the project and provider resolved, and
         the provider's Request built from the RPC's own `fields`."""
-        calls.note_caller(_client_ip(context), _named_device(request))
+        authorization, client_ip = _caller(context)
+        calls.note_caller(client_ip, _named_device(request))
         loaded, instance, strategy = await self._resolve(
             request.project_id, request.provider, request.strategy
         )
-        bearer, client_ip = _caller(context)
+        bearer = _bearer(authorization)
         req = Request(
             project=loaded.project,
             provider=request.provider,

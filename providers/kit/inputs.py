@@ -38,6 +38,8 @@ _UUID = re.compile(
     rf"(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}|{_HEX}{{32}})"
     rf"(?(brace)\}})"
 )
+# The form canonical_uuid gives, which it may return as it is.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _EXTERNAL_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -102,6 +104,8 @@ def optional_str(data: Mapping[str, Any], key: str, *, max_len: int = 2048) -> s
 
 def canonical_uuid(value: Any, *, field_name: str, reason: str) -> str:
     """Lowercase canonical form of a UUID, or INVALID_ARGUMENT `reason`."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value
     if not isinstance(value, str) or len(value) > MAX_ID_CHARS or not _UUID.fullmatch(value):
         raise InvalidArgument(
             reason, f"{field_name} must be a UUID", metadata={"field": field_name}

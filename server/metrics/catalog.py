@@ -12,7 +12,31 @@ that way."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import Counter, Histogram, values
+
+
+class _Pid:
+    """This process's id, read once and again after a fork: prometheus-client's
+    multiprocess values ask for it at every increment, and os.getpid() is a
+    system call each time (~7 % of a profile read's CPU, with py-spy)."""
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Read by each metric as it makes a child (labels()), so every value
+    # made from here on is one of these.
+    values.ValueClass = values.MultiProcessValue(process_identifier=_Pid())  # type: ignore[no-untyped-call]
 
 # Few buckets on purpose: each one is a value every process keeps and every
 # scrape reads, for each method. Envoy's histogram (envoy_cluster_grpc_
