@@ -359,14 +359,33 @@ class ScopedAccounts:
         return updated
 
     async def revoke_token(self, token: str, *, expires_at: int) -> None:
+        token_hash = tokens.token_hash(token)
         await repo.add_token_hash(
-            self._database, revoked_tokens, self._project_id, tokens.token_hash(token), expires_at
+            self._database, revoked_tokens, self._project_id, token_hash, expires_at
         )
+        self._hot.owner_written(self._revocation_key(token_hash))
 
     async def is_token_revoked(self, token: str) -> bool:
-        return await repo.has_token_hash(
-            self._database, revoked_tokens, self._project_id, tokens.token_hash(token), now()
+        """Whether `token` was revoked by hash. A profile read may take the
+        answer from the hot rows: a revocation through another process is
+        then seen within their bound, like a logout's."""
+        token_hash = tokens.token_hash(token)
+        hot = self._cached()
+        key = self._revocation_key(token_hash)
+        if hot is not None:
+            known: bool | None = hot.get(key)
+            if known is not None:
+                return known
+            stamp = hot.begin()
+        revoked = await repo.has_token_hash(
+            self._database, revoked_tokens, self._project_id, token_hash, now()
         )
+        if hot is not None:
+            hot.put(key, key, stamp, revoked)
+        return revoked
+
+    def _revocation_key(self, token_hash: str) -> tuple[str, ...]:
+        return (self._project_id, "revoked", token_hash)
 
     async def remember_token(self, token: str, *, expires_at: int) -> None:
         await repo.add_token_hash(

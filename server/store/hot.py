@@ -111,6 +111,12 @@ class HotRows:
             if not activity_only:
                 self._written.put((project_id, user_id), at, None)
 
+    def owner_written(self, owner: tuple[str, ...]) -> None:
+        """What `owner` owns changed (an owner other than a user's: a token's
+        revocation)."""
+        if self.on:
+            self._written.put(owner, float(self._clock()), None)
+
     def _written_since(self, owner: tuple[str, ...], stamp: float) -> bool:
         found = self._written.get(owner)
         # `>=`: a write in the same clock tick as the read's start wins.
