@@ -94,3 +94,18 @@ def test_a_login_drops_the_profile_rows_but_not_the_user() -> None:
     clock.now += 0.1
     hot.written("p", "alice")  # a user-level write drops both
     assert hot.get("user") is None and hot.get("profile") is None
+
+
+def test_a_revocation_drops_the_answer_kept_for_its_token() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    key = ("p", "revoked", "hash-of-the-token")
+    hot.put(key, key, hot.begin(), False)
+    assert hot.get(key) is False  # kept: the next read asks nothing
+    clock.now += 0.1
+    hot.owner_written(key)
+    assert hot.get(key) is None
+    # A read that began before the revocation is not kept either.
+    stamp = hot.begin() - 0.05
+    hot.put(key, key, stamp, False)
+    assert hot.get(key) is None
