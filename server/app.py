@@ -4,7 +4,6 @@ shutdown that drains in-flight calls."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -278,11 +277,6 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = await service.start()
-    # What start-up made (modules, the schema, compiled statements) lives as
-    # long as the process: kept out of the collector's full passes, which
-    # would otherwise walk it all again and again, pausing every call.
-    gc.collect()
-    gc.freeze()
     log.log(lifecycle_level, "gRPC server listening on %s:%d", service.settings.host, port)
     if ready is not None:
         ready.set()
