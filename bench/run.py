@@ -33,11 +33,14 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import load, procstat, profile, report, scenarios, seed, stacks
 from bench.report import Report
+from server.store.schema import audit_events
 from tests.fakes.oidc_issuer import FakeIssuer
+from tests.harness import in_store
 
 log = logging.getLogger("bench")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -309,6 +312,7 @@ class Bench:
         ):
             chosen = [s for s in world.scenarios(running.base_url) if s.name in self.args.scenarios]
             for scenario in chosen:
+                _settle(db_url)
                 self.measure(running, db, workers, scenario)
             if self.args.profile and db == "sqlite" and workers == min(self.args.workers):
                 for scenario in chosen:
@@ -417,6 +421,25 @@ def _check_counted(running: stacks.Running, runs: list[dict[str, object]]) -> No
     measured = sum(int(str(r["requests"])) for r in runs if r["db"] == METRICS_ON_DB)
     if counted < measured:
         raise RuntimeError(f"metrics on counted {counted} GetUser calls of {measured} measured")
+
+
+SETTLE_TIMEOUT_S = 20.0
+_UNFANNED = sa.select(sa.literal(1)).where(audit_events.c.fanned_out == sa.false()).limit(1)
+
+
+def _settle(db_url: str) -> None:
+    """Until the webhook relay has fanned out every audit event (a write
+    scenario leaves thousands): its catching up would otherwise fall into
+    the next scenario's figure, a read's. While a write scenario runs, the
+    relay's work is in that scenario's own figure."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while in_store(db_url, lambda conn: conn.execute(_UNFANNED).first()) is not None:
+        if time.monotonic() > deadline:
+            log.warning(
+                "the webhook relay still had events to fan out after %.0f s", SETTLE_TIMEOUT_S
+            )
+            return
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
