@@ -1,6 +1,8 @@
 """Hot users' rows (server/store/hot.py) across server processes, through the
 edge: a revocation or an update made through one process is honoured by every
-other within the stated bound (IDENTIFY_HOT_CACHE_SECONDS)."""
+other within the stated bound (IDENTIFY_HOT_CACHE_SECONDS), awsCognito's
+logout too (whose same-second token is refused by its hash, an answer a
+profile read keeps within that bound)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ import sqlalchemy as sa
 
 from server.store.schema import users
 from tests.fakes.oidc_issuer import FakeIssuer
-from tests.harness import Stack, create_admin_key, error_reason, in_store, start_stack
+from tests.harness import (
+    Stack,
+    cognito_pool,
+    create_admin_key,
+    error_reason,
+    in_store,
+    moto_cognito,
+    start_stack,
+)
 
 AUD = "https://api.hot-rows.test"
 PROJECT = str(uuid.uuid4())
@@ -49,7 +59,9 @@ def stack(
     assert s.stop() == 0, s.log_text()
 
 
-def reads(http: httpx.Client, token: str) -> list[httpx.Response]:
+def reads(
+    http: httpx.Client, token: str, project: str = PROJECT, provider: str = "authZero"
+) -> list[httpx.Response]:
     # New connections, so Envoy spreads them over both processes.
     out = []
     for _ in range(READS):
@@ -57,7 +69,7 @@ def reads(http: httpx.Client, token: str) -> list[httpx.Response]:
             out.append(
                 fresh.get(
                     "/v1/user",
-                    params={"projectId": PROJECT, "provider": "authZero"},
+                    params={"projectId": project, "provider": provider},
                     headers={"Authorization": f"Bearer {token}"},
                 )
             )
@@ -120,3 +132,66 @@ def test_within_the_bound_reads_cost_no_database_read(stack: Stack, issuer: Fake
         time.sleep(BOUND + 0.2)
         fresh = reads(http, token)
         assert {str(r.json()["data"]["appProfile"]) for r in fresh} == {"{'behind': True}"}
+
+
+COGNITO_PROJECT = str(uuid.uuid4())
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def cognito_stack(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Stack]:
+    with moto_cognito(REGION) as (url, client):
+        pool_id, client_id = cognito_pool(client, "hot-rows")
+        settings = {
+            "region": REGION,
+            "userPoolId": pool_id,
+            "clientId": client_id,
+            "endpointUrl": url,
+            "autoConfirm": True,
+        }
+        config = {
+            "projects": [
+                {"id": COGNITO_PROJECT, "name": "hot", "providers": {"awsCognito": settings}}
+            ]
+        }
+        s = start_stack(
+            tmp_path_factory.mktemp("hot-cognito"),
+            config,
+            db_url=db_url,
+            workers=2,
+            env={
+                "IDENTIFY_HOT_CACHE_SECONDS": str(BOUND),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+            },
+        )
+        yield s
+        assert s.stop() == 0, s.log_text()
+
+
+def test_a_cognito_logout_through_one_process_binds_every_other_within_the_bound(
+    cognito_stack: Stack,
+) -> None:
+    email = f"u{uuid.uuid4().hex[:12]}@example.com"
+    body = {"projectId": COGNITO_PROJECT, "strategy": "email", "provider": "awsCognito"}
+    credentials = {"email": email, "password": "Passw0rd!hot"}
+    with cognito_stack.client() as http:
+        made = http.post("/v1/user", json={**body, "data": credentials})
+        assert made.status_code == 200, made.text
+        # At a second's start, so the token, the reads and the logout share a
+        # second: the logout's valid_after then does not refuse the token,
+        # only its hash does.
+        time.sleep(1 - time.time() % 1)
+        login = http.put("/v1/user/login", json={**body, "data": credentials})
+        assert login.status_code == 200, login.text
+        token = login.json()["data"]["accessToken"]
+        # Every process reads the user and keeps "this token is not logged out".
+        assert {r.status_code for r in reads(http, token, COGNITO_PROJECT, "awsCognito")} == {200}
+        logout = http.post(
+            "/v1/user/logout", json=body, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert logout.status_code == 200, logout.text
+        time.sleep(BOUND + 0.2)
+        after = reads(http, token, COGNITO_PROJECT, "awsCognito")
+        assert {r.status_code for r in after} == {401}
+        assert {error_reason(r.json()) for r in after} == {"TOKEN_REVOKED"}
