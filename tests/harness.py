@@ -381,6 +381,19 @@ def cognito_pool(client: Any, name: str) -> tuple[str, str]:
     return pool["Id"], app["ClientId"]
 
 
+def cognito_settings(client: Any, url: str, region: str, name: str) -> dict[str, Any]:
+    """awsCognito's provider settings for a new cognito_pool on moto at
+    `url`, signing users up confirmed."""
+    pool_id, client_id = cognito_pool(client, name)
+    return {
+        "region": region,
+        "userPoolId": pool_id,
+        "clientId": client_id,
+        "endpointUrl": url,
+        "autoConfirm": True,
+    }
+
+
 @contextlib.contextmanager
 def moto_cognito(region: str) -> Iterator[tuple[str, Any]]:
     """moto's Cognito server on a free loopback port: (endpoint URL, boto3 client)."""

@@ -18,7 +18,7 @@ from server.store.schema import users
 from tests.fakes.oidc_issuer import FakeIssuer
 from tests.harness import (
     Stack,
-    cognito_pool,
+    cognito_settings,
     create_admin_key,
     error_reason,
     in_store,
@@ -141,14 +141,7 @@ REGION = "us-east-1"
 @pytest.fixture(scope="module")
 def cognito_stack(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Stack]:
     with moto_cognito(REGION) as (url, client):
-        pool_id, client_id = cognito_pool(client, "hot-rows")
-        settings = {
-            "region": REGION,
-            "userPoolId": pool_id,
-            "clientId": client_id,
-            "endpointUrl": url,
-            "autoConfirm": True,
-        }
+        settings = cognito_settings(client, url, REGION, "hot-rows")
         config = {
             "projects": [
                 {"id": COGNITO_PROJECT, "name": "hot", "providers": {"awsCognito": settings}}

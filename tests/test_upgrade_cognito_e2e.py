@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from server.store.schema import audit_events, users
 from tests.harness import (
     Stack,
-    cognito_pool,
+    cognito_settings,
     in_store,
     moto_cognito,
     refused,
@@ -167,13 +167,8 @@ def counts_of(db_url: str, user_id: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[World]:
     with moto_cognito(REGION) as (url, client):
-        pool_id, client_id = cognito_pool(client, "upgrade")
         cognito = {
-            "region": REGION,
-            "userPoolId": pool_id,
-            "clientId": client_id,
-            "endpointUrl": url,
-            "autoConfirm": True,
+            **cognito_settings(client, url, REGION, "upgrade"),
             "accessKeyId": "testing",
             "secretAccessKey": "testing",
         }
@@ -188,7 +183,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, db_url: str) -> Iterator[Wor
         stack = start_stack(
             tmp_path_factory.mktemp("upgrade-cognito"), config, env=env, db_url=db_url
         )
-        w = World(stack, stack.client(), pool_id, client_id, client)
+        w = World(stack, stack.client(), cognito["userPoolId"], cognito["clientId"], client)
         try:
             yield w
         finally:
