@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from identify.admin.v1 import admin_pb2_grpc
 from identify.v1 import identify_pb2, identify_pb2_grpc
 
+from providers.kit import heap
 from providers.registry import Registry
 from server import tracing
 from server.abuse.counters import RateLimits, storage_for
@@ -277,6 +278,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     port = await service.start()
+    # What start-up made (modules, the schema, compiled statements) lives as
+    # long as the process.
+    heap.keep_for_good(collect=True)
     log.log(lifecycle_level, "gRPC server listening on %s:%d", service.settings.host, port)
     if ready is not None:
         ready.set()

@@ -96,6 +96,22 @@ def test_the_database_url_is_not_in_the_servers_argv(stack: Stack) -> None:
         assert http.put("/v1/user/login", json=body).status_code == 200
 
 
+def test_each_child_has_its_own_process_group_in_the_supervisors_session(stack: Stack) -> None:
+    # Its own group: a terminal's Ctrl-C reaches only the supervisor, which
+    # stops the children in order. The same session: the scheduler shares
+    # the CPU between sessions, and one per child lengthened the tail.
+    children = [
+        int(pid)
+        for task in pathlib.Path(f"/proc/{stack.proc.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    assert set(stack.worker_pids().values()) < set(children)  # and Envoy
+    session = os.getsid(stack.proc.pid)
+    for pid in children:
+        assert os.getpgid(pid) == pid
+        assert os.getsid(pid) == session
+
+
 def reads(stack: Stack) -> BackgroundClients:
     """Two clients reading the JWKS through the edge until stopped (a route
     the sign-in limiter leaves alone)."""

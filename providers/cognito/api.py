@@ -21,6 +21,7 @@ from botocore.config import Config
 from providers.base import ProviderContext
 from providers.cognito.errors import request_outcome, translate
 from providers.cognito.settings import CognitoSettings
+from providers.kit import heap
 from providers.kit.meter import meter, upstream_outcome
 
 # Requests to Cognito run in the context's thread pool; enough pooled
@@ -86,7 +87,10 @@ class CognitoApi:
             max_pool_connections=MAX_POOL_CONNECTIONS,
             user_agent_extra="identify",
         )
-        return session.client("cognito-idp", endpoint_url=s.endpoint_url, config=config)
+        client = session.client("cognito-idp", endpoint_url=s.endpoint_url, config=config)
+        # Its service model and endpoint rules live as long as the process.
+        heap.keep_for_good()
+        return client
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
