@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from providers.values import InvalidArgument
 from server import errors, metrics
+from server.edge import CLIENT_IP_HEADER
 from server.requestctx import Call, call_var
 
 log = logging.getLogger("identify.access")
@@ -78,14 +79,39 @@ Wrap: TypeAlias = (
 )
 
 
-def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def call_of(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Call:
+    """The call's `Call`, from one pass over its metadata (gRPC builds the
+    metadata anew each time it is asked for)."""
+    request_id = authorization = forwarded_ip = None
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
-            text = value if isinstance(value, str) else value.decode(errors="replace")
+            text = _text(value)
             # Envoy sends a UUID; anything else is not trusted into our logs.
             if 0 < len(text) <= 64 and _REQUEST_ID.fullmatch(text):
-                return text
-    return str(uuid.uuid4())
+                request_id = text
+        elif key == "authorization":
+            authorization = _text(value)
+        elif key == CLIENT_IP_HEADER:
+            forwarded_ip = _text(value)[:64]
+    return Call(
+        request_id=request_id or str(uuid.uuid4()),
+        method=method,
+        authorization=authorization,
+        forwarded_ip=forwarded_ip,
+    )
+
+
+def caller_headers(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str | None, str | None]:
+    """The raw Authorization header and the edge's client IP (None when
+    absent), as the access log's pass over the metadata found them."""
+    call = call_var.get()
+    if call is None:  # every registered method runs under access_log
+        call = call_of("", context)
+    return call.authorization, call.forwarded_ip
 
 
 def access_log(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
@@ -96,8 +122,9 @@ def access_log(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
     inner = handler.unary_unary
 
     async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        request_id = request_id_of(context)
-        token = call_var.set(Call(request_id=request_id, method=method))
+        call = call_of(method, context)
+        request_id = call.request_id
+        token = call_var.set(call)
         started = time.perf_counter()
         code = "OK"
         gone = False

@@ -4,7 +4,7 @@ threading it through every signature."""
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -29,6 +29,12 @@ class Call:
     # and the device the request names (a canonical UUID, else empty).
     client_ip: str = ""
     device_id: str = ""
+    # The caller's headers, read in the same pass over the metadata as the
+    # request id (server/interceptors.py), for the servicer: the raw
+    # Authorization header and the edge's client IP, None when absent.
+    # Never a log field (a token travels there), nor in repr().
+    authorization: str | None = field(default=None, repr=False)
+    forwarded_ip: str | None = field(default=None, repr=False)
 
 
 call_var: ContextVar[Call | None] = ContextVar("call", default=None)

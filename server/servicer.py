@@ -33,9 +33,9 @@ from providers.values import (
 from server import errors, structs, tokens
 from server.clock import now
 from server.detached import Detached
-from server.edge import CLIENT_IP_HEADER
 from server.events import calls
 from server.events.types import USER_UNLINKED
+from server.interceptors import caller_headers
 from server.keys import KeyStore
 from server.projects import LoadedProject, ProjectCache
 from server.requestctx import call_var, request_id
@@ -79,17 +79,11 @@ def project_id_arg(value: str) -> str:
 
 def _caller(context: Ctx) -> tuple[str | None, str]:
     """The raw Authorization header (None when absent) and the client's IP,
-    in one pass over the metadata."""
-    authorization: str | None = None
-    client_ip: str | None = None
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            authorization = value if isinstance(value, str) else value.decode()
-        elif key == CLIENT_IP_HEADER:
-            # Set by the edge (behind --trusted-proxies); direct gRPC callers
-            # reach the servers without it, so their peer address counts.
-            client_ip = (value if isinstance(value, str) else value.decode())[:64]
-    return authorization, client_ip if client_ip is not None else _peer_ip(context.peer())
+    as the access log's pass over the metadata found them."""
+    authorization, forwarded = caller_headers(context)
+    # The edge sets the IP header (behind --trusted-proxies); direct gRPC
+    # callers reach the servers without it, so their peer address counts.
+    return authorization, forwarded if forwarded is not None else _peer_ip(context.peer())
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -104,14 +98,29 @@ def _bearer(authorization: str | None) -> str | None:
     return bounded_token(token.strip(), "authorization")
 
 
+# Per request message type: whether it has `data` and `device_id`. (getattr
+# with a default, on a message without the field, raises and catches an
+# AttributeError: a cost on every call of the RPCs that name no device.)
+_DEVICE_FIELDS: dict[type, tuple[bool, bool]] = {}
+
+
+def _device_fields(kind: type) -> tuple[bool, bool]:
+    found = _DEVICE_FIELDS.get(kind)
+    if found is None:
+        names = kind.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+        found = _DEVICE_FIELDS[kind] = ("data" in names, "device_id" in names)
+    return found
+
+
 def _named_device(request: Any) -> str | None:
     """The device a request names (deviceId, or data.deviceId), for the
     audit trail of its refusal; only a canonical UUID counts."""
+    has_data, has_device_id = _device_fields(type(request))
     raw = ""
-    data = getattr(request, "data", None)
-    if data is not None and "deviceId" in data.fields:
-        raw = data.fields["deviceId"].string_value
-    raw = raw or getattr(request, "device_id", "")
+    if has_data and "deviceId" in request.data.fields:
+        raw = request.data.fields["deviceId"].string_value
+    if not raw and has_device_id:
+        raw = request.device_id
     try:
         return canonical_uuid(raw, field_name="deviceId", reason="") if raw else None
     except InvalidArgument:

@@ -35,9 +35,9 @@ from server.admin.audit import AuditEvent
 from server.clock import now
 from server.config import MAX_ANONYMOUS_RETENTION_DAYS, ConfigError, parse_project
 from server.detached import Detached
-from server.edge import CLIENT_IP_HEADER
 from server.events import audit as trail
 from server.events import types, webhooks
+from server.interceptors import caller_headers
 from server.keys import rotate_signing_key
 from server.projects import ProjectCache
 from server.requestctx import call_var, request_id
@@ -94,14 +94,10 @@ class Caller:
 def _metadata(context: Ctx) -> tuple[str | None, str]:
     """The bearer key (None when absent or not a Bearer) and the client IP."""
     key: str | None = None
-    client_ip = ""
-    for name, value in context.invocation_metadata() or ():
-        text = value if isinstance(value, str) else value.decode(errors="replace")
-        if name == "authorization":
-            scheme, _, rest = text.strip().partition(" ")
-            key = rest.strip() if scheme.lower() == "bearer" else None
-        elif name == CLIENT_IP_HEADER:
-            client_ip = text[:64]
+    authorization, client_ip = caller_headers(context)
+    if authorization is not None:
+        scheme, _, rest = authorization.strip().partition(" ")
+        key = rest.strip() if scheme.lower() == "bearer" else None
     if not client_ip:
         kind, _, address = context.peer().partition(":")
         client_ip = address.rpartition(":")[0].strip("[]") if kind in ("ipv4", "ipv6") else kind
