@@ -96,3 +96,6 @@ class CognitoApi:
         client, self._client = self._client, None
         if client is not None:
             await self._ctx.run_blocking(client.close)
+            del client
+            # It was frozen with the rest (_build): its cycles would stay.
+            await self._ctx.run_blocking(heap.let_go)
