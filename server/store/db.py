@@ -10,19 +10,22 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///var/identify.db"
@@ -155,6 +158,10 @@ class Database:
             event.listen(self._sync_writer, "begin", _begin_immediate)
             self._async: AsyncEngine | None = None
         else:
+            # Only here: SQLAlchemy's asyncio extension imports its ORM,
+            # ~7 MB a SQLite process would keep and never use.
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             self._async = create_async_engine(
                 self.url.driver_url,
                 pool_size=pool_size,
@@ -476,17 +483,41 @@ def _script() -> Any:
     return ScriptDirectory.from_config(_alembic_config())
 
 
+# Alembic's own bookkeeping: the table and the lines each migration script
+# declares itself with.
+VERSION_TABLE = "alembic_version"
+_DECLARED = re.compile(
+    r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:[\"']([^\"']+)[\"']|None)", re.M
+)
+
+
 def head_revision() -> str:
-    head = _script().get_current_head()
-    assert head is not None
-    return str(head)
+    """The newest migration, read off the scripts' `revision` and
+    `down_revision` lines. A server whose database is already at head so
+    never imports Alembic (~9 MB it would keep for its life); a test holds
+    this to Alembic's own answer."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").glob("[0-9]*.py"):
+        declared: dict[str, str | None] = {
+            m.group(1): m.group(2) for m in _DECLARED.finditer(script.read_text())
+        }
+        revisions.add(str(declared["revision"]))
+        if declared.get("down_revision"):
+            parents.add(str(declared["down_revision"]))
+    (head,) = revisions - parents
+    return head
 
 
 async def current_revision(database: Database) -> str | None:
     def read(conn: sa.Connection) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        return MigrationContext.configure(conn).get_current_revision()
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            return None
+        table = sa.table(VERSION_TABLE, sa.column("version_num"))
+        versions = list(conn.execute(sa.select(table.c.version_num)).scalars())
+        if len(versions) > 1:
+            raise SchemaError(f"database has several schema revisions {versions}; one expected")
+        return versions[0] if versions else None
 
     return await database.read(read)
 
