@@ -227,21 +227,24 @@ def test_the_head_read_off_the_scripts_is_alembics() -> None:
     assert head_revision() == db._script().get_current_head()
 
 
-def test_a_database_at_head_is_served_without_alembic_or_the_orm(tmp_path: pathlib.Path) -> None:
-    # Each stays in the process for good once imported (~9 MB and ~7 MB of
-    # its RSS); a SQLite server needs neither once its schema is current.
+def test_a_server_at_head_keeps_no_alembic_orm_or_boto3(tmp_path: pathlib.Path) -> None:
+    # Each stays in the process for good once imported (~9, ~7 and ~9 MB of
+    # its RSS): a SQLite server whose schema is current needs none of them,
+    # and boto3 only once a Cognito project is called.
     url = f"sqlite:///{tmp_path}/head.db"
     assert identify("migrate", "--db", url).returncode == 0
     probe = (
         "import asyncio, sys\n"
         "import server.app\n"
+        "from providers.registry import Registry\n"
+        "assert 'awsCognito' in Registry.discover().names()\n"
         "from server.store import db\n"
         "async def main():\n"
         f"    database = db.open_database({url!r})\n"
         "    await db.ensure_schema(database, auto_migrate=False)\n"
         "    await database.dispose()\n"
         "asyncio.run(main())\n"
-        "print([m for m in ('alembic', 'sqlalchemy.orm') if m in sys.modules])\n"
+        "print([m for m in ('alembic', 'sqlalchemy.orm', 'boto3') if m in sys.modules])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60

@@ -15,9 +15,6 @@ import hmac
 import time
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from providers.base import ProviderContext
 from providers.cognito.errors import request_outcome, translate
 from providers.cognito.settings import CognitoSettings
@@ -71,6 +68,12 @@ class CognitoApi:
         return self._client
 
     def _build(self) -> Any:
+        # Imported here, on first use: boto3 and botocore's config are ~9 MB
+        # a process would keep for good, a process serving no Cognito
+        # project too.
+        import boto3
+        from botocore.config import Config
+
         s = self._settings
         # A session of our own: boto3's default session is not safe to build
         # clients from in several threads at once.
