@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(BIN)/identify up --config $(CONFIG)
 
+# Two pytest processes (pytest-xdist); each test module stays in one, so its
+# stack starts once. TEST_WORKERS=0 runs the suite in this process alone.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # buf (npm) lints the protos and refuses incompatible API changes; only
 # `make lint` needs it, so `make run` and `make test` never touch npm.

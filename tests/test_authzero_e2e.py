@@ -419,7 +419,7 @@ def test_refetch_bound_holds_under_a_flood_of_unknown_kids(world: World) -> None
     assert world.f.jwks_fetches == fetches
 
 
-@pytest.mark.parametrize("project", [DOWN, UNREACHABLE])
+@pytest.mark.parametrize("project", [DOWN, UNREACHABLE], ids=["down", "unreachable"])
 def test_issuer_down_is_503_with_retry_info(world: World, project: str) -> None:
     issuer = world.d if project == DOWN else world.a
     reply = world.get_user(world.token(issuer), project=project)

@@ -221,7 +221,7 @@ def test_signature_of_an_unknown_user_is_not_valid(stack: Stack, http: httpx.Cli
     [
         ("", 400, "MISSING_PROJECT_ID"),
         ("not-a-uuid", 400, "INVALID_PROJECT_ID"),
-        (str(uuid.uuid4()), 404, "PROJECT_NOT_FOUND"),
+        ("00000000-0000-4000-8000-000000000000", 404, "PROJECT_NOT_FOUND"),
     ],
 )
 def test_signature_verify_checks_the_project_like_every_call(
