@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.store.hot import HotRows, activity, ttl_from
+from server.store.hot import SPREAD, HotRows, activity, ttl_from
 
 
 class Clock:
@@ -20,12 +20,40 @@ ALICE = ("p", "alice")
 
 def test_an_entry_is_served_until_its_ttl_then_read_again() -> None:
     clock = Clock()
-    hot = HotRows(1.0, clock=clock)
+    hot = HotRows(1.0, clock=clock, spread=lambda: 0.0)  # the longest life: ttl
     hot.put("k", ALICE, hot.begin(), "rows")
     clock.now += 0.9
     assert hot.get("k") == "rows"
     clock.now += 0.2
     assert hot.get("k") is None
+
+
+def test_entries_read_together_expire_apart_and_never_after_the_ttl() -> None:
+    clock = Clock()
+    cuts = iter([0.0, 0.5, 0.999])
+    hot = HotRows(1.0, clock=clock, spread=lambda: next(cuts))
+    stamp = hot.begin()
+    for key in "abc":
+        hot.put(key, ALICE, stamp, key)
+    clock.now += 1 - SPREAD + 0.001  # the shortest life is over
+    assert [hot.get(k) for k in "abc"] == ["a", "b", None]
+    clock.now = stamp + 1 - SPREAD / 2 + 0.001
+    assert [hot.get(k) for k in "ab"] == ["a", None]
+    clock.now = stamp + 1.001
+    assert hot.get("a") is None
+
+
+def test_by_default_lives_are_spread_within_the_ttl() -> None:
+    clock = Clock()
+    hot = HotRows(1.0, clock=clock)
+    stamp = hot.begin()
+    for key in range(200):
+        hot.put(key, ALICE, stamp, key)
+    clock.now += 1 - SPREAD / 2
+    alive = sum(hot.get(k) is not None for k in range(200))
+    assert 20 < alive < 180  # about half; all or none would mean no spread
+    clock.now = stamp + 1.001
+    assert all(hot.get(k) is None for k in range(200))
 
 
 def test_a_write_drops_what_was_read_before_it() -> None:

@@ -13,13 +13,20 @@ least recently used first), so memory stays bounded whatever the traffic.
 
 A read that began before a write of the same user may finish after it with
 the old rows: such a result is never kept (each entry remembers when its
-read began, and a user's entries older than its last write are not served)."""
+read began, and a user's entries older than its last write are not served).
+
+Each entry lives a random part of `ttl`, between (1 - SPREAD) x ttl and ttl:
+entries read in the same moment (every hot user's, after a start or a
+deploy) would otherwise all expire in the same moment every `ttl`, and their
+reads queue for the database together (PostgreSQL's p99). The bound stays
+`ttl`."""
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from server.envnum import env_seconds
@@ -27,6 +34,7 @@ from server.envnum import env_seconds
 T = TypeVar("T")
 
 DEFAULT_TTL = 1.0
+SPREAD = 0.25
 MAX_ENTRIES = 10_000
 ENV = "IDENTIFY_HOT_CACHE_SECONDS"
 
@@ -70,11 +78,18 @@ class HotRows:
     `activity` (devices and logins), which every write of it changes."""
 
     def __init__(
-        self, ttl: float = DEFAULT_TTL, *, max_entries: int = MAX_ENTRIES, clock: Any = None
+        self,
+        ttl: float = DEFAULT_TTL,
+        *,
+        max_entries: int = MAX_ENTRIES,
+        clock: Any = None,
+        spread: Callable[[], float] = random.random,
     ) -> None:
         self.ttl = ttl
         self._clock = clock or time.monotonic
-        self._values: _Lru[tuple[tuple[str, ...], Any]] = _Lru(max_entries)
+        # 0 <= spread() < 1: how much of SPREAD x ttl an entry's life is cut by.
+        self._spread = spread
+        self._values: _Lru[tuple[tuple[str, ...], float, Any]] = _Lru(max_entries)
         # When each recently written user was last written.
         self._written: _Lru[None] = _Lru(max_entries)
 
@@ -92,15 +107,16 @@ class HotRows:
         found = self._values.get(key)
         if found is None:
             return None
-        stamp, (owner, value) = found
-        if self._clock() - stamp > self.ttl or self._written_since(owner, stamp):
+        stamp, (owner, life, value) = found
+        if self._clock() - stamp > life or self._written_since(owner, stamp):
             self._values.drop(key)
             return None
         return value
 
     def put(self, key: Any, owner: tuple[str, ...], stamp: float, value: Any) -> None:
         if self.on and not self._written_since(owner, stamp):
-            self._values.put(key, stamp, (owner, value))
+            life = self.ttl * (1 - SPREAD * self._spread())
+            self._values.put(key, stamp, (owner, life, value))
 
     def written(self, project_id: str, user_id: str, *, activity_only: bool = False) -> None:
         """The user's rows changed (only its devices and logins, with
